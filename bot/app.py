@@ -1,0 +1,107 @@
+"""Wiring: settings -> worker connection -> store -> chat service -> the adapters that are configured."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import AsyncIterator
+from typing import Literal
+
+from bot.settings import Settings
+from bot.worker_client.base import WorkerClient
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["auto", "console", "discord", "slack"]
+
+NO_PLATFORM_HINT = (
+    "No Discord or Slack credentials are configured, so the bot opens the local console chat.\n"
+    "  To connect Discord: set DISCORD_TOKEN in .env (README, 'Discord set-up').\n"
+    "  To connect Slack:   set SLACK_BOT_TOKEN and SLACK_APP_TOKEN in .env (README, 'Slack set-up')."
+)
+
+
+@contextlib.asynccontextmanager
+async def connect_worker(settings: Settings) -> AsyncIterator[WorkerClient]:
+    """The worker the service talks to: a Redis queue, an external worker, or our own child process."""
+    if settings.queue_url is not None:
+        from bot.worker_client.redis_queue import RedisWorkerClient
+
+        client: WorkerClient = RedisWorkerClient(settings.queue_url.get_secret_value())
+        log.info("using the shared Redis queue for model requests")
+    elif settings.worker_url:
+        from bot.worker_client.http import HttpWorkerClient
+
+        token = settings.worker_token.get_secret_value() if settings.worker_token else None
+        client = HttpWorkerClient(settings.worker_url, token=token)
+        log.info("using the external worker at %s", settings.worker_url)
+    else:
+        async with _local_worker(settings) as local:
+            yield local
+        return
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@contextlib.asynccontextmanager
+async def _local_worker(settings: Settings) -> AsyncIterator[WorkerClient]:
+    from bot.weights import ensure_weights
+    from bot.worker_client.supervisor import WorkerSupervisor
+
+    weights = await asyncio.to_thread(ensure_weights, settings.model_weights, settings.data_dir)
+    supervisor = WorkerSupervisor(
+        weights=weights,
+        socket_path=settings.data_dir / "worker.sock",
+        device=settings.worker_device,
+        dtype=settings.worker_dtype,
+        restart_backoff_s=settings.worker_restart_backoff_s,
+    )
+    async with supervisor:
+        yield supervisor.client
+
+
+def platforms_to_run(settings: Settings, mode: Mode) -> list[str]:
+    """Which front ends to start: the named one, or every configured platform, else the console."""
+    if mode != "auto":
+        return [mode]
+    chosen = [name for name, on in (("discord", settings.discord_enabled), ("slack", settings.slack_enabled)) if on]
+    return chosen or ["console"]
+
+
+async def run_bot(settings: Settings, mode: Mode = "auto") -> int:
+    """Run until the front ends stop (console: /quit) or the process is told to stop."""
+    from bot.chat.service import ChatService
+    from bot.chat.store import Store
+
+    fronts = platforms_to_run(settings, mode)
+    if fronts == ["console"] and mode == "auto":
+        print(NO_PLATFORM_HINT, file=sys.stderr)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = await Store.open(settings.database_path)
+    try:
+        async with connect_worker(settings) as worker:
+            service = ChatService(settings=settings, store=store, worker=worker)
+            results = await asyncio.gather(*(_run_front(name, settings, service) for name in fronts))
+            return max(results, default=0)
+    finally:
+        await store.close()
+
+
+async def _run_front(name: str, settings: Settings, service) -> int:
+    if name == "console":
+        from bot.adapters.console import run_console
+
+        return await run_console(service)
+    if name == "discord":
+        from bot.adapters.discord import run_discord
+
+        await run_discord(settings, service)
+        return 0
+    from bot.adapters.slack import run_slack
+
+    await run_slack(settings, service)
+    return 0

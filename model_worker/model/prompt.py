@@ -1,0 +1,149 @@
+"""Prompt building, tokenization and the context budget (model.md §3, the card's I/O format).
+
+A user turn is ``ユーザー: `` + one ``<Img><ImageHere></Img> `` per image + its text; an assistant turn is
+``システム: `` + its text; lines are joined with a newline and the prompt ends with a newline and
+``システム: ``. The prompt is split on ``<ImageHere>`` and every text segment is tokenized on its own with
+no special token; each ``<ImageHere>`` becomes the image's ``num_queries`` embeddings.
+
+Sanitising: text from a request can never create a turn or an image slot. In every turn's text, line
+breaks (any Unicode line boundary) become spaces and every literal ``<ImageHere>`` is removed (repeatedly,
+so that removal cannot assemble a new one). Nothing else is touched: spaces, tabs and case are kept.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from model_worker.model.tokenizer import Tokenizer
+
+USER_SPEAKER = "ユーザー"
+ASSISTANT_SPEAKER = "システム"
+IMAGE_SLOT = "<ImageHere>"
+IMAGE_MARKUP = f"<Img>{IMAGE_SLOT}</Img> "
+#: A reply stops where the model starts a new turn: a new line beginning with one of these.
+TURN_MARKERS = (f"\n{USER_SPEAKER}:", f"\n{ASSISTANT_SPEAKER}:")
+
+_LINE_BREAKS = re.compile(r"\r\n|[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
+_SPEAKERS = {"user": USER_SPEAKER, "assistant": ASSISTANT_SPEAKER}
+
+
+class TurnLike(Protocol):
+    role: str
+    text: str
+    images: Sequence[object]
+
+
+class ContextTooLongError(ValueError):
+    """The newest user turn alone does not fit the context with the requested new tokens."""
+
+    def __init__(self, needed: int, available: int) -> None:
+        super().__init__(
+            f"the newest turn needs {needed} positions but only {available} are available "
+            "(context length minus max_new_tokens)"
+        )
+        self.needed = needed
+        self.available = available
+
+
+def sanitize_text(text: str) -> str:
+    """Make utterance text inert: line breaks -> spaces, literal ``<ImageHere>`` removed."""
+    text = _LINE_BREAKS.sub(" ", text)
+    while IMAGE_SLOT in text:
+        text = text.replace(IMAGE_SLOT, "")
+    return text
+
+
+def turn_line(turn: TurnLike) -> str:
+    """One conversation line for a turn (images only count for user turns)."""
+    speaker = _SPEAKERS[turn.role]
+    images = IMAGE_MARKUP * len(turn.images) if turn.role == "user" else ""
+    return f"{speaker}: {images}{sanitize_text(turn.text)}"
+
+
+def build_prompt(turns: Sequence[TurnLike]) -> str:
+    """The full prompt text, ending with a newline and ``システム: ``."""
+    return "\n".join(turn_line(t) for t in turns) + f"\n{ASSISTANT_SPEAKER}: "
+
+
+@dataclass(frozen=True)
+class TokenizedPrompt:
+    """Text segments' ids around the image slots: ``segments[i]`` precedes image ``i``."""
+
+    text: str
+    segments: tuple[tuple[int, ...], ...]
+    num_queries: int
+
+    @property
+    def num_images(self) -> int:
+        return len(self.segments) - 1
+
+    @property
+    def length(self) -> int:
+        """Positions the prompt occupies in the language model."""
+        return sum(len(s) for s in self.segments) + self.num_images * self.num_queries
+
+
+def tokenize_prompt(prompt: str, tokenizer: Tokenizer, *, num_queries: int) -> TokenizedPrompt:
+    """Split on ``<ImageHere>`` and tokenize each segment separately, with no special token."""
+    segments = tuple(tuple(tokenizer.encode(part)) for part in prompt.split(IMAGE_SLOT))
+    return TokenizedPrompt(text=prompt, segments=segments, num_queries=num_queries)
+
+
+def _drop_order(turns: Sequence[TurnLike]) -> list[int]:
+    """Indices in the order turns are dropped: oldest first, the most recent image turn last, never the
+    newest turn."""
+    newest = len(turns) - 1
+    pinned = next((i for i in reversed(range(len(turns))) if _image_count(turns[i])), None)
+    pinned = None if pinned == newest else pinned  # the newest turn is kept anyway
+    order = [i for i in range(newest) if i != pinned]
+    return order + ([pinned] if pinned is not None else [])
+
+
+def _estimated_drops(turns: Sequence[TurnLike], tokenizer: Tokenizer, *, num_queries: int, budget: int) -> set[int]:
+    """Turns to drop so that per-line token estimates fit the budget (at least one turn)."""
+    costs = [len(tokenizer.encode(turn_line(t) + "\n")) + num_queries * _image_count(t) for t in turns]
+    total = sum(costs)
+    dropped: set[int] = set()
+    for index in _drop_order(turns):
+        if dropped and total <= budget:
+            break
+        dropped.add(index)
+        total -= costs[index]
+    return dropped
+
+
+def fit_context(
+    turns: Sequence[TurnLike],
+    tokenizer: Tokenizer,
+    *,
+    num_queries: int,
+    max_new_tokens: int,
+    context_length: int,
+) -> tuple[list[TurnLike], TokenizedPrompt]:
+    """Drop the oldest whole turns until prompt + ``max_new_tokens`` fits ``context_length``.
+
+    The most recent image-carrying turn is kept as long as the prompt still fits with it; the newest
+    (last) turn is always kept, and :class:`ContextTooLongError` is raised when it alone cannot fit.
+    Returns the kept turns (in order) and their tokenized prompt.
+    """
+    budget = context_length - max_new_tokens
+    kept = list(turns)
+    prompt = tokenize_prompt(build_prompt(kept), tokenizer, num_queries=num_queries)
+    if prompt.length <= budget:
+        return kept, prompt
+    newest_alone = tokenize_prompt(build_prompt(kept[-1:]), tokenizer, num_queries=num_queries)
+    if newest_alone.length > budget:
+        raise ContextTooLongError(newest_alone.length, max(budget, 0))
+    while prompt.length > budget:
+        # Per-line estimates choose what to drop in one go; the exact length is then re-checked.
+        dropped = _estimated_drops(kept, tokenizer, num_queries=num_queries, budget=budget)
+        kept = [t for i, t in enumerate(kept) if i not in dropped]
+        prompt = tokenize_prompt(build_prompt(kept), tokenizer, num_queries=num_queries)
+    return kept, prompt
+
+
+def _image_count(turn: TurnLike) -> int:
+    return len(turn.images) if turn.role == "user" else 0

@@ -1,0 +1,418 @@
+"""The scheduler: the one place that decides what runs on the device, and when.
+
+Requests wait in a bounded, per-user round-robin line; up to ``engine.max_batch_size`` sequences run
+together. Each iteration of the loop prefills the newly admitted sequences and then advances every
+running sequence by one token with a single ``engine.decode`` call, so a batching engine gets the whole
+batch. Cancellations and deadlines take effect between steps. Every engine call runs on one dedicated
+thread (the executor passed in), so the event loop stays free to stream tokens and answer health checks.
+
+Each request is a :class:`Ticket` whose :meth:`Ticket.events` the HTTP layer streams to the client:
+``queued`` (again whenever the position changes), ``started``, ``token``..., then ``done`` or ``error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from model_worker.engine_api import Engine, EngineError, Sequence
+from model_worker.fair_queue import FairQueue
+from model_worker.metrics import WorkerMetrics
+from model_worker.protocol import (
+    ChatRequest,
+    DoneEvent,
+    ErrorCode,
+    ErrorEvent,
+    Event,
+    FinishReason,
+    QueuedEvent,
+    StartedEvent,
+    TokenEvent,
+    Usage,
+)
+
+log = logging.getLogger(__name__)
+R = TypeVar("R")
+
+_INTERNAL_MESSAGE = "the worker failed while answering; its log has the details"
+
+
+@dataclass(frozen=True)
+class SchedulerLimits:
+    """Admission limits (the batch size itself comes from the engine)."""
+
+    max_queue: int = 64  # requests waiting (or being prepared) beyond the running batch
+    request_timeout_s: float = 600.0  # from submission to the done event
+    busy_retry_after_s: float = 5.0  # the hint sent with ``busy``
+
+
+class Rejected(Exception):
+    """A request refused at submission (``busy``, ``shutting_down``, duplicate id); carries its event."""
+
+    def __init__(self, event: ErrorEvent) -> None:
+        super().__init__(event.message)
+        self.event = event
+
+
+class _Stop(enum.Enum):
+    CANCEL = "cancel"
+    SHUTDOWN = "shutdown"
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One request's life in the scheduler, and the events its client reads."""
+
+    request: ChatRequest
+    submitted_at: float
+    deadline: float
+    seq: Sequence | None = None
+    position: int | None = None
+    stop: _Stop | None = None
+    ended: bool = False
+    sent_chars: int = 0
+    counted_tokens: int = 0
+    admitted_at: float | None = None
+    prefill_s: float | None = None
+    first_token_at: float | None = None
+    _queue: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+    @property
+    def user(self) -> str:
+        return self.request.user
+
+    def put(self, event: Event) -> None:
+        self._queue.put_nowait(event)
+
+    async def events(self) -> AsyncIterator[Event]:
+        """The request's events, ending after the first ``done`` or ``error``."""
+        while True:
+            event = await self._queue.get()
+            yield event
+            if isinstance(event, DoneEvent | ErrorEvent):
+                return
+
+
+class Scheduler:
+    """Owns the waiting line, the running batch, and the loop that steps the engine."""
+
+    def __init__(self, engine: Engine, *, executor: Executor, metrics: WorkerMetrics,
+                 limits: SchedulerLimits = SchedulerLimits()) -> None:
+        self._engine = engine
+        self._executor = executor
+        self._metrics = metrics
+        self._limits = limits
+        self._waiting: FairQueue[Ticket] = FairQueue(key=lambda ticket: ticket.user)
+        self._running: list[Ticket] = []
+        self._tickets: dict[str, Ticket] = {}  # every ticket not yet ended, by request id
+        self._preparing = 0
+        self._accepting = True
+        self._stopping = False
+        self._wakeup = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+
+    # ---- public API ---------------------------------------------------------------------------
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._waiting) + self._preparing
+
+    @property
+    def running_count(self) -> int:
+        return len(self._running)
+
+    def start(self) -> None:
+        """Start the scheduling loop on the running event loop."""
+        self._loop_task = asyncio.create_task(self._run(), name="scheduler")
+
+    def submit(self, request: ChatRequest) -> Ticket:
+        """Accept a request, or raise :class:`Rejected` at once (``busy`` when the line is full).
+
+        The prompt is prepared on the engine thread in the background; a bad image or an over-long
+        context then ends the ticket with an ``error`` event.
+        """
+        self._check_admissible(request)
+        now = time.monotonic()
+        ticket = Ticket(request, submitted_at=now, deadline=now + self._limits.request_timeout_s)
+        self._tickets[ticket.request_id] = ticket
+        self._preparing += 1
+        self._update_gauges()
+        self._spawn(self._prepare(ticket))
+        return ticket
+
+    def cancel(self, request_id: str) -> bool:
+        """Stop a request at the next step boundary (it ends with ``done``/``cancelled``).
+
+        Returns False when no such request is waiting or running."""
+        ticket = self._tickets.get(request_id)
+        if ticket is None:
+            return False
+        self._request_stop(ticket, _Stop.CANCEL)
+        return True
+
+    async def shutdown(self, *, grace_s: float) -> None:
+        """Stop taking work: waiting requests end with ``shutting_down``, running ones may finish
+        for ``grace_s`` seconds and are then stopped; the loop ends."""
+        self._accepting = False
+        for ticket in list(self._waiting):
+            self._request_stop(ticket, _Stop.SHUTDOWN)
+        deadline = time.monotonic() + grace_s
+        while self._running and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for ticket in list(self._tickets.values()):
+            self._request_stop(ticket, _Stop.SHUTDOWN)
+        self._stopping = True
+        self._wakeup.set()
+        if self._loop_task is not None:
+            await self._loop_task
+        for task in list(self._background):
+            task.cancel()
+
+    # ---- admission ----------------------------------------------------------------------------
+
+    def _check_admissible(self, request: ChatRequest) -> None:
+        if not self._accepting:
+            self._reject(ErrorCode.SHUTTING_DOWN, "the worker is shutting down; try again shortly")
+        if request.request_id in self._tickets:
+            self._reject(ErrorCode.BAD_REQUEST, f"request_id {request.request_id!r} is already in use")
+        if self.queue_depth >= self._limits.max_queue:
+            self._reject(ErrorCode.BUSY, "the worker's queue is full",
+                         retry_after=self._limits.busy_retry_after_s)
+
+    def _reject(self, code: ErrorCode, message: str, **extra: Any) -> None:
+        self._metrics.errors.labels(code.value).inc()
+        log.info("rejected request: %s", code.value)
+        raise Rejected(ErrorEvent(code=code, message=message, **extra))
+
+    async def _prepare(self, ticket: Ticket) -> None:
+        try:
+            ticket.seq = await self._call_engine(self._engine.prepare, ticket.request)
+        except EngineError as exc:
+            self._end(ticket, ErrorEvent(code=exc.code, message=exc.message, **exc.extra))
+        except Exception:
+            log.exception("prepare failed for request %s", ticket.request_id)
+            self._end(ticket, ErrorEvent(code=ErrorCode.INTERNAL, message=_INTERNAL_MESSAGE))
+        else:
+            if ticket.stop is not None or not self._accepting:
+                self._end(ticket, self._stop_event(ticket, ticket.stop or _Stop.SHUTDOWN))
+            else:
+                self._waiting.push(ticket)
+                self._publish_positions()
+                self._wakeup.set()
+        finally:
+            self._preparing -= 1
+            self._update_gauges()
+
+    def _request_stop(self, ticket: Ticket, cause: _Stop) -> None:
+        if ticket.ended:
+            return
+        ticket.stop = ticket.stop or cause
+        if self._waiting.remove(ticket):
+            self._end(ticket, self._stop_event(ticket, ticket.stop))
+            self._publish_positions()
+        self._wakeup.set()  # running tickets stop at the loop's next step
+
+    def _publish_positions(self) -> None:
+        for position, ticket in enumerate(self._waiting, start=1):
+            if ticket.position != position:
+                ticket.position = position
+                ticket.put(QueuedEvent(position=position))
+
+    # ---- the loop -----------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while not self._stopping or self._running:
+            if not self._running and not self._waiting:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            try:
+                await self._step()
+            except Exception:  # a bug here must not leave every client hanging
+                log.exception("scheduler step failed")
+                for ticket in list(self._running):
+                    self._end(ticket, ErrorEvent(code=ErrorCode.INTERNAL, message=_INTERNAL_MESSAGE))
+            self._update_gauges()
+            await asyncio.sleep(0)  # let the HTTP layer flush tokens between steps
+
+    async def _step(self) -> None:
+        self._drop_stopped_and_expired()
+        admitted = self._admit()
+        if admitted:
+            await self._prefill(admitted)
+        if self._running:
+            await self._decode()
+
+    def _drop_stopped_and_expired(self) -> None:
+        now = time.monotonic()
+        for ticket in list(self._running) + list(self._waiting):
+            if ticket.stop is not None:
+                self._waiting.remove(ticket)
+                self._end(ticket, self._stop_event(ticket, ticket.stop))
+            elif now >= ticket.deadline:
+                self._waiting.remove(ticket)
+                self._end(ticket, ErrorEvent(code=ErrorCode.TIMEOUT,
+                                             message="the request took longer than the worker's time limit"))
+        self._publish_positions()
+
+    def _admit(self) -> list[Ticket]:
+        admitted: list[Ticket] = []
+        while self._waiting and len(self._running) + len(admitted) < self._engine.max_batch_size:
+            ticket = self._waiting.pop()
+            ticket.admitted_at = time.monotonic()
+            ticket.position = None
+            ticket.put(StartedEvent())
+            self._metrics.queue_wait.observe(ticket.admitted_at - ticket.submitted_at)
+            admitted.append(ticket)
+        if admitted:
+            self._publish_positions()
+        return admitted
+
+    async def _prefill(self, tickets: list[Ticket]) -> None:
+        started = time.monotonic()
+        try:
+            await self._call_engine(self._engine.prefill, [t.seq for t in tickets])
+        except Exception as exc:
+            if len(tickets) > 1:  # find the culprit: the others must not fail with it
+                for ticket in tickets:
+                    await self._prefill([ticket])
+                return
+            self._end(tickets[0], self._failure_event(exc, tickets[0]))
+            return
+        elapsed = time.monotonic() - started
+        for ticket in tickets:
+            ticket.prefill_s = elapsed
+            self._metrics.prompt_tokens.inc(ticket.seq.prompt_tokens)
+            self._running.append(ticket)
+        self._forward_progress(tickets)
+
+    async def _decode(self) -> None:
+        batch = list(self._running)
+        self._metrics.batch_size.observe(len(batch))
+        try:
+            await self._call_engine(self._engine.decode, [t.seq for t in batch])
+        except Exception as exc:
+            for ticket in batch:
+                self._end(ticket, self._failure_event(exc, ticket))
+            return
+        self._forward_progress(batch)
+
+    def _forward_progress(self, tickets: list[Ticket]) -> None:
+        """Send each ticket's new text as a ``token`` event; end the finished ones with ``done``."""
+        for ticket in tickets:
+            if ticket.ended:
+                continue
+            self._send_delta(ticket)
+            new_tokens = len(ticket.seq.output_ids) - ticket.counted_tokens
+            self._metrics.tokens.inc(new_tokens)
+            ticket.counted_tokens += new_tokens
+            if ticket.seq.finished:
+                self._end(ticket, self._done_event(ticket, ticket.seq.finish_reason))
+
+    def _send_delta(self, ticket: Ticket) -> None:
+        text = ticket.seq.text
+        if len(text) <= ticket.sent_chars:
+            return
+        if ticket.first_token_at is None:
+            ticket.first_token_at = time.monotonic()
+            self._metrics.ttft.observe(ticket.first_token_at - ticket.submitted_at)
+        ticket.put(TokenEvent(text=text[ticket.sent_chars:]))
+        ticket.sent_chars = len(text)
+
+    # ---- endings ------------------------------------------------------------------------------
+
+    def _end(self, ticket: Ticket, event: DoneEvent | ErrorEvent) -> None:
+        """Send the ticket's last event and give back everything it held (exactly once)."""
+        if ticket.ended:
+            return
+        ticket.ended = True
+        self._tickets.pop(ticket.request_id, None)
+        if ticket in self._running:
+            self._running.remove(ticket)
+        if ticket.seq is not None:
+            self._release(ticket.seq)
+        if isinstance(event, DoneEvent):
+            self._metrics.requests.labels(event.finish_reason.value).inc()
+            self._metrics.latency.observe(event.timings["total_s"])
+        else:
+            self._metrics.errors.labels(event.code.value).inc()
+        log.info("request %s ended: %s", ticket.request_id,
+                 event.finish_reason.value if isinstance(event, DoneEvent) else event.code.value)
+        ticket.put(event)
+
+    def _release(self, seq: Sequence) -> None:
+        # Queued on the engine thread: it runs before the next engine call, never concurrently.
+        try:
+            future = self._executor.submit(self._engine.release, seq)
+        except RuntimeError:  # the executor is already shut down at exit
+            return
+        future.add_done_callback(_log_release_failure)
+
+    def _stop_event(self, ticket: Ticket, cause: _Stop) -> DoneEvent | ErrorEvent:
+        if cause is _Stop.CANCEL:
+            return self._done_event(ticket, FinishReason.CANCELLED)
+        return ErrorEvent(code=ErrorCode.SHUTTING_DOWN, message="the worker is shutting down")
+
+    def _failure_event(self, exc: Exception, ticket: Ticket) -> ErrorEvent:
+        if isinstance(exc, EngineError):
+            return ErrorEvent(code=exc.code, message=exc.message, **exc.extra)
+        log.error("engine step failed for request %s", ticket.request_id, exc_info=exc)
+        return ErrorEvent(code=ErrorCode.INTERNAL, message=_INTERNAL_MESSAGE)
+
+    def _done_event(self, ticket: Ticket, reason: FinishReason) -> DoneEvent:
+        seq = ticket.seq
+        if seq is not None:
+            self._send_delta(ticket)  # the text of ``done`` always equals the concatenated deltas
+        return DoneEvent(
+            text=seq.text[:ticket.sent_chars] if seq is not None else "",
+            finish_reason=reason,
+            usage=Usage(prompt_tokens=seq.prompt_tokens if seq else 0,
+                        completion_tokens=len(seq.output_ids) if seq else 0),
+            timings=_timings(ticket, time.monotonic()),
+        )
+
+    # ---- plumbing -----------------------------------------------------------------------------
+
+    async def _call_engine(self, fn: Callable[..., R], *args: Any) -> R:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _update_gauges(self) -> None:
+        self._metrics.queue_depth.set(self.queue_depth)
+        self._metrics.running.set(len(self._running))
+
+
+def _timings(ticket: Ticket, now: float) -> dict[str, float]:
+    """Seconds from submission: in the queue, prefilling, to the first token, in all."""
+    timings = {"total_s": now - ticket.submitted_at}
+    if ticket.admitted_at is not None:
+        timings["queue_s"] = ticket.admitted_at - ticket.submitted_at
+    if ticket.prefill_s is not None:
+        timings["prefill_s"] = ticket.prefill_s
+    if ticket.first_token_at is not None:
+        timings["ttft_s"] = ticket.first_token_at - ticket.submitted_at
+        generated = ticket.counted_tokens
+        decode_s = now - ticket.first_token_at
+        if generated > 1 and decode_s > 0:
+            timings["decode_tokens_per_s"] = (generated - 1) / decode_s
+    return {name: round(value, 6) for name, value in timings.items()}
+
+
+def _log_release_failure(future: Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("engine.release failed", exc_info=future.exception())
