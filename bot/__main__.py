@@ -43,19 +43,25 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(exc.message, file=sys.stderr)
         return 2
+    from bot.app import platforms_to_run
     from bot.logging_setup import configure_logging
 
-    configure_logging(settings.log_level, secrets=_secret_values(settings))
+    mode = "auto" if command in ("run", "check", "sync-commands") else command
+    console = platforms_to_run(settings, mode) == ["console"] and command != "check"
+    log_file = settings.data_dir / "bot.log" if console else None
+    configure_logging(settings.log_level, secrets=_secret_values(settings), log_file=log_file)
+    if log_file is not None:
+        print(f"(log: {log_file})", file=sys.stderr)
     if command == "check":
         return _print_settings(settings)
     missing = _missing_credentials(settings, command)
     if missing:
         print(missing, file=sys.stderr)
         return 2
-    return asyncio.run(_run_until_signalled(settings, command))
+    return asyncio.run(_run_until_signalled(settings, command, mode))
 
 
-async def _run_until_signalled(settings: Settings, command: str) -> int:
+async def _run_until_signalled(settings: Settings, command: str, mode) -> int:
     from bot.app import run_bot
     from bot.weights import WeightsUnavailable
 
@@ -68,7 +74,6 @@ async def _run_until_signalled(settings: Settings, command: str) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, main_task.cancel)
-    mode = "auto" if command == "run" else command
     try:
         return await run_bot(settings, mode)
     except WeightsUnavailable as exc:

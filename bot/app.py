@@ -85,10 +85,33 @@ async def run_bot(settings: Settings, mode: Mode = "auto") -> int:
     try:
         async with connect_worker(settings) as worker:
             service = ChatService(settings=settings, store=store, worker=worker)
+            if "console" in fronts:  # someone is watching the terminal: answer only once the model is there
+                await wait_until_ready(worker)
             results = await asyncio.gather(*(_run_front(name, settings, service) for name in fronts))
             return max(results, default=0)
     finally:
         await store.close()
+
+
+async def wait_until_ready(worker: WorkerClient, *, poll_s: float = 0.5) -> None:
+    """Block until the worker reports ready, logging its loading progress as it changes."""
+    from bot.worker_client.base import WorkerError
+
+    last = None
+    while True:
+        try:
+            info = await worker.ready()
+        except WorkerError as exc:
+            info, progress = None, f"waiting for the worker ({exc.code})"
+        else:
+            progress = info.progress or "loading"
+        if info is not None and info.ready:
+            log.info("model ready (%s on %s)", info.model or "model", info.device or "?")
+            return
+        if progress != last:
+            log.info("model loading: %s", progress)
+            last = progress
+        await asyncio.sleep(poll_s)
 
 
 async def _run_front(name: str, settings: Settings, service) -> int:

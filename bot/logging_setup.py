@@ -6,6 +6,7 @@ import logging
 import re
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 
 _TOKEN_SHAPES = re.compile(
     r"(xox[abposr]-[A-Za-z0-9-]{8,}|xapp-[A-Za-z0-9-]{8,}"  # Slack bot/user/app tokens
@@ -37,13 +38,24 @@ class SecretMasker(logging.Filter):
         return True
 
 
-def configure_logging(level: str = "INFO", *, secrets: Iterable[str] = (), stream=None) -> None:
-    """Send ``level`` and above to stderr as ``time level logger: message``, secrets masked."""
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
-    handler.addFilter(SecretMasker(secrets))
+def configure_logging(level: str = "INFO", *, secrets: Iterable[str] = (), stream=None,
+                      log_file: Path | None = None) -> None:
+    """Send ``level`` and above to stderr as ``time level logger: message``, secrets masked.
+
+    With ``log_file`` (the console chat, where log lines would interleave with the conversation) the
+    log goes to that file and only warnings and errors reach stderr."""
+    masker = SecretMasker(secrets)
+    formatter = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+    handlers: list[logging.Handler] = [logging.StreamHandler(stream or sys.stderr)]
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers[0].setLevel(logging.WARNING)
+        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        handler.addFilter(masker)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = handlers
     root.setLevel(level.upper())
     for noisy in ("discord.gateway", "discord.client", "slack_bolt", "slack_sdk", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

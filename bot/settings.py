@@ -7,11 +7,10 @@ start-up with one sentence naming the variable: see :func:`load_settings`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
 #: A comma-separated list in the environment ("a,b,c"), a tuple in code.
 IdList = Annotated[tuple[str, ...], NoDecode]
@@ -30,7 +29,7 @@ class SettingsError(SystemExit):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", env_ignore_empty=True)
 
     # --- Discord ---
     discord_token: SecretStr | None = None
@@ -46,6 +45,7 @@ class Settings(BaseSettings):
     slack_api_base_url: str = "https://slack.com/api/"
     slack_mode: Literal["socket", "http"] = "socket"
     slack_http_port: int = Field(3000, ge=1, le=65535)
+    slack_http_host: str = "0.0.0.0"  # where HTTP events mode listens (SLACK_MODE=http)
     slack_allow_dms: bool = True
 
     # --- the model worker ---

@@ -13,6 +13,7 @@ Each request is a :class:`Ticket` whose :meth:`Ticket.events` the HTTP layer str
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import time
@@ -76,7 +77,7 @@ class Ticket:
     position: int | None = None
     stop: _Stop | None = None
     ended: bool = False
-    sent_chars: int = 0
+    sent_text: str = ""  # the reply as sent in ``token`` events so far
     counted_tokens: int = 0
     admitted_at: float | None = None
     prefill_s: float | None = None
@@ -119,6 +120,8 @@ class Scheduler:
         self._accepting = True
         self._stopping = False
         self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()  # set while nothing is waiting, being prepared or running
+        self._idle.set()
         self._background: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
 
@@ -167,17 +170,16 @@ class Scheduler:
         self._accepting = False
         for ticket in list(self._waiting):
             self._request_stop(ticket, _Stop.SHUTDOWN)
-        deadline = time.monotonic() + grace_s
-        while self._running and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), grace_s)
         for ticket in list(self._tickets.values()):
             self._request_stop(ticket, _Stop.SHUTDOWN)
         self._stopping = True
         self._wakeup.set()
         if self._loop_task is not None:
             await self._loop_task
-        for task in list(self._background):
-            task.cancel()
+        # Requests still being prepared end with ``shutting_down`` once their prepare step returns.
+        await asyncio.gather(*self._background, return_exceptions=True)
 
     # ---- admission ----------------------------------------------------------------------------
 
@@ -198,11 +200,8 @@ class Scheduler:
     async def _prepare(self, ticket: Ticket) -> None:
         try:
             ticket.seq = await self._call_engine(self._engine.prepare, ticket.request)
-        except EngineError as exc:
-            self._end(ticket, ErrorEvent(code=exc.code, message=exc.message, **exc.extra))
-        except Exception:
-            log.exception("prepare failed for request %s", ticket.request_id)
-            self._end(ticket, ErrorEvent(code=ErrorCode.INTERNAL, message=_INTERNAL_MESSAGE))
+        except Exception as exc:
+            self._fail([ticket], exc, step="prepare")
         else:
             if ticket.stop is not None or not self._accepting:
                 self._end(ticket, self._stop_event(ticket, ticket.stop or _Stop.SHUTDOWN))
@@ -239,10 +238,8 @@ class Scheduler:
                 continue
             try:
                 await self._step()
-            except Exception:  # a bug here must not leave every client hanging
-                log.exception("scheduler step failed")
-                for ticket in list(self._running):
-                    self._end(ticket, ErrorEvent(code=ErrorCode.INTERNAL, message=_INTERNAL_MESSAGE))
+            except Exception as exc:  # a bug here must not leave every client hanging
+                self._fail(list(self._running), exc, step="scheduling")
             self._update_gauges()
             await asyncio.sleep(0)  # let the HTTP layer flush tokens between steps
 
@@ -276,6 +273,7 @@ class Scheduler:
             self._metrics.queue_wait.observe(ticket.admitted_at - ticket.submitted_at)
             admitted.append(ticket)
         if admitted:
+            self._running.extend(admitted)
             self._publish_positions()
         return admitted
 
@@ -284,17 +282,13 @@ class Scheduler:
         try:
             await self._call_engine(self._engine.prefill, [t.seq for t in tickets])
         except Exception as exc:
-            if len(tickets) > 1:  # find the culprit: the others must not fail with it
-                for ticket in tickets:
-                    await self._prefill([ticket])
-                return
-            self._end(tickets[0], self._failure_event(exc, tickets[0]))
+            # Which sequences the engine got through is unknown, so none can be resumed safely.
+            self._fail(tickets, exc, step="prefill")
             return
         elapsed = time.monotonic() - started
         for ticket in tickets:
             ticket.prefill_s = elapsed
             self._metrics.prompt_tokens.inc(ticket.seq.prompt_tokens)
-            self._running.append(ticket)
         self._forward_progress(tickets)
 
     async def _decode(self) -> None:
@@ -303,8 +297,7 @@ class Scheduler:
         try:
             await self._call_engine(self._engine.decode, [t.seq for t in batch])
         except Exception as exc:
-            for ticket in batch:
-                self._end(ticket, self._failure_event(exc, ticket))
+            self._fail(batch, exc, step="decode")
             return
         self._forward_progress(batch)
 
@@ -321,14 +314,16 @@ class Scheduler:
                 self._end(ticket, self._done_event(ticket, ticket.seq.finish_reason))
 
     def _send_delta(self, ticket: Ticket) -> None:
-        text = ticket.seq.text
-        if len(text) <= ticket.sent_chars:
+        text, sent = ticket.seq.text, ticket.sent_text
+        if len(text) <= len(sent):
             return
+        if not text.startswith(sent):  # the engine's contract is a growing text; say so if it is not
+            log.warning("request %s: the engine rewrote text already streamed", ticket.request_id)
         if ticket.first_token_at is None:
             ticket.first_token_at = time.monotonic()
             self._metrics.ttft.observe(ticket.first_token_at - ticket.submitted_at)
-        ticket.put(TokenEvent(text=text[ticket.sent_chars:]))
-        ticket.sent_chars = len(text)
+        ticket.put(TokenEvent(text=text[len(sent):]))
+        ticket.sent_text = text
 
     # ---- endings ------------------------------------------------------------------------------
 
@@ -350,6 +345,7 @@ class Scheduler:
         log.info("request %s ended: %s", ticket.request_id,
                  event.finish_reason.value if isinstance(event, DoneEvent) else event.code.value)
         ticket.put(event)
+        self._update_gauges()
 
     def _release(self, seq: Sequence) -> None:
         # Queued on the engine thread: it runs before the next engine call, never concurrently.
@@ -364,18 +360,23 @@ class Scheduler:
             return self._done_event(ticket, FinishReason.CANCELLED)
         return ErrorEvent(code=ErrorCode.SHUTTING_DOWN, message="the worker is shutting down")
 
-    def _failure_event(self, exc: Exception, ticket: Ticket) -> ErrorEvent:
+    def _fail(self, tickets: list[Ticket], exc: Exception, *, step: str) -> None:
+        """End tickets with the engine's request error, or ``internal`` (logged) for anything else."""
         if isinstance(exc, EngineError):
-            return ErrorEvent(code=exc.code, message=exc.message, **exc.extra)
-        log.error("engine step failed for request %s", ticket.request_id, exc_info=exc)
-        return ErrorEvent(code=ErrorCode.INTERNAL, message=_INTERNAL_MESSAGE)
+            event = ErrorEvent(code=exc.code, message=exc.message, **exc.extra)
+        else:
+            ids = ", ".join(t.request_id for t in tickets)
+            log.error("%s failed for request(s) %s", step, ids, exc_info=exc)
+            event = ErrorEvent(code=ErrorCode.INTERNAL, message=_INTERNAL_MESSAGE)
+        for ticket in tickets:
+            self._end(ticket, event)
 
     def _done_event(self, ticket: Ticket, reason: FinishReason) -> DoneEvent:
         seq = ticket.seq
         if seq is not None:
-            self._send_delta(ticket)  # the text of ``done`` always equals the concatenated deltas
+            self._send_delta(ticket)  # stream what is left, so ``done`` repeats the concatenated deltas
         return DoneEvent(
-            text=seq.text[:ticket.sent_chars] if seq is not None else "",
+            text=ticket.sent_text,
             finish_reason=reason,
             usage=Usage(prompt_tokens=seq.prompt_tokens if seq else 0,
                         completion_tokens=len(seq.output_ids) if seq else 0),
@@ -395,6 +396,10 @@ class Scheduler:
     def _update_gauges(self) -> None:
         self._metrics.queue_depth.set(self.queue_depth)
         self._metrics.running.set(len(self._running))
+        if self.queue_depth or self._running:
+            self._idle.clear()
+        else:
+            self._idle.set()
 
 
 def _timings(ticket: Ticket, now: float) -> dict[str, float]:

@@ -63,6 +63,8 @@ _EN: dict[str, str] = {
     "slack_file_no_access": "I can't read files shared here. Ask the admin to add the files:read scope "
     "and reinstall the app.",
     "cancel_not_allowed": "Only the person who asked (or an admin) can stop this answer.",
+    "cmd_reset_name": "reset",  # Discord slash-command names (lower case, no spaces)
+    "cmd_help_name": "help",
     # console
     "console_welcome": "Chat with MiniGPT-4. /image PATH attaches an image to your next message, "
     "/reset starts over, /help shows help, /quit leaves.",
@@ -71,6 +73,10 @@ _EN: dict[str, str] = {
     "console_image_missing": "Cannot read {path}.",
     "console_unknown_command": "Unknown command {command}. Try /help.",
     "console_bye": "Bye.",
+    # Slack adapter (appended by the Slack adapter's author)
+    "slack_file_access_hint": "Slack sent its sign-in page instead of the file. Ask the workspace admin to "
+    "give the app the files:read scope (then reinstall it), and make sure the file is shared in this "
+    "channel or conversation.",
 }
 
 _JA: dict[str, str] = {
@@ -116,6 +122,8 @@ _JA: dict[str, str] = {
     "slack_file_no_access": "ここで共有されたファイルを読めません。管理者に files:read スコープの追加と"
     "アプリの再インストールを依頼してください。",
     "cancel_not_allowed": "この回答を止められるのは質問した本人か管理者だけです。",
+    "cmd_reset_name": "リセット",
+    "cmd_help_name": "ヘルプ",
     "console_welcome": "MiniGPT-4 とチャットします。/image パス で次のメッセージに画像を添付、"
     "/reset でやり直し、/help でヘルプ、/quit で終了します。",
     "console_prompt": "あなた> ",
@@ -123,6 +131,9 @@ _JA: dict[str, str] = {
     "console_image_missing": "{path} を読めません。",
     "console_unknown_command": "{command} は不明なコマンドです。/help をお試しください。",
     "console_bye": "さようなら。",
+    "slack_file_access_hint": "Slack からファイルではなくサインイン画面が返されました。ワークスペースの管理者に"
+    "アプリへ files:read スコープを追加して再インストールするよう依頼し、ファイルがこのチャンネル（または"
+    "会話）で共有されていることを確認してください。",
 }
 
 CATALOGUE: Mapping[str, Mapping[str, str]] = MappingProxyType(

@@ -102,19 +102,6 @@ def _drop_order(turns: Sequence[TurnLike]) -> list[int]:
     return order + ([pinned] if pinned is not None else [])
 
 
-def _estimated_drops(turns: Sequence[TurnLike], tokenizer: Tokenizer, *, num_queries: int, budget: int) -> set[int]:
-    """Turns to drop so that per-line token estimates fit the budget (at least one turn)."""
-    costs = [len(tokenizer.encode(turn_line(t) + "\n")) + num_queries * _image_count(t) for t in turns]
-    total = sum(costs)
-    dropped: set[int] = set()
-    for index in _drop_order(turns):
-        if dropped and total <= budget:
-            break
-        dropped.add(index)
-        total -= costs[index]
-    return dropped
-
-
 def fit_context(
     turns: Sequence[TurnLike],
     tokenizer: Tokenizer,
@@ -130,19 +117,29 @@ def fit_context(
     Returns the kept turns (in order) and their tokenized prompt.
     """
     budget = context_length - max_new_tokens
-    kept = list(turns)
-    prompt = tokenize_prompt(build_prompt(kept), tokenizer, num_queries=num_queries)
-    if prompt.length <= budget:
-        return kept, prompt
-    newest_alone = tokenize_prompt(build_prompt(kept[-1:]), tokenizer, num_queries=num_queries)
-    if newest_alone.length > budget:
-        raise ContextTooLongError(newest_alone.length, max(budget, 0))
-    while prompt.length > budget:
-        # Per-line estimates choose what to drop in one go; the exact length is then re-checked.
-        dropped = _estimated_drops(kept, tokenizer, num_queries=num_queries, budget=budget)
-        kept = [t for i, t in enumerate(kept) if i not in dropped]
-        prompt = tokenize_prompt(build_prompt(kept), tokenizer, num_queries=num_queries)
-    return kept, prompt
+    order = _drop_order(turns)
+
+    def without(count: int) -> tuple[list[TurnLike], TokenizedPrompt]:
+        dropped = set(order[:count])
+        kept = [t for i, t in enumerate(turns) if i not in dropped]
+        return kept, tokenize_prompt(build_prompt(kept), tokenizer, num_queries=num_queries)
+
+    best = without(0)
+    if best[1].length <= budget:
+        return best
+    best = without(len(order))
+    if best[1].length > budget:
+        raise ContextTooLongError(best[1].length, max(budget, 0))
+    # Binary search for the fewest drops that fit (each dropped turn only shortens the prompt).
+    low, high = 1, len(order)
+    while low < high:
+        middle = (low + high) // 2
+        candidate = without(middle)
+        if candidate[1].length <= budget:
+            high, best = middle, candidate
+        else:
+            low = middle + 1
+    return best
 
 
 def _image_count(turn: TurnLike) -> int:

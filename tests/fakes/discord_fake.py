@@ -72,11 +72,14 @@ class FakeDiscord:
         self.application_id = self.new_id()
         self.guild_id = self.new_id()
         self.channel_id = self.new_id()
+        self.dm_channel_id = self.new_id()  # the user's DM channel with the bot
         self.member_role_id = self.new_id()
-        self.bot = FakeUser(self.application_id, "minigpt4", bot=True)
+        self.bot_role_id = self.new_id()  # the managed role Discord gives a bot when it joins
+        self.bot = FakeUser(self.application_id, "minigpt4", bot=True, roles=(self.bot_role_id,))
         self.user = FakeUser(self.new_id(), "alice", roles=(self.member_role_id,))
         self.stranger = FakeUser(self.new_id(), "mallory")
         self._cdn: dict[str, tuple[bytes, str]] = {}
+        self._interaction_channels: dict[str, int] = {}
         self._sockets: list[web.WebSocketResponse] = []
         self._seq = itertools.count(1)
         self._guild_sent = asyncio.Event()
@@ -111,9 +114,9 @@ class FakeDiscord:
     def gateway_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/gateway"
 
-    async def wait_ready(self, timeout: float = 20.0) -> None:
+    async def wait_ready(self, within: float = 20.0) -> None:
         """Wait until the client identified and received its guild."""
-        await asyncio.wait_for(self._guild_sent.wait(), timeout)
+        await asyncio.wait_for(self._guild_sent.wait(), within)
 
     # ---- what a test does as a Discord user -----------------------------------------------------------
 
@@ -138,14 +141,18 @@ class FakeDiscord:
 
     async def post_user_message(self, content: str, *, author: FakeUser | None = None,
                                 channel_id: int | None = None, mention_bot: bool = False,
-                                attachments: list[dict[str, Any]] | None = None,
+                                mention_bot_role: bool = False, attachments: list[dict[str, Any]] | None = None,
                                 reply_to: int | None = None) -> dict[str, Any]:
         """A user posts a message: it is stored and dispatched as MESSAGE_CREATE."""
         author = author or self.user
         if mention_bot:
             content = f"<@{self.bot.id}> {content}"
+        if mention_bot_role:
+            content = f"<@&{self.bot_role_id}> {content}"
         message = self._message(author, channel_id or self.channel_id, content, attachments or [],
                                 mentions=[self.bot.payload()] if mention_bot else [], reply_to=reply_to)
+        if mention_bot_role:
+            message["mention_roles"] = [str(self.bot_role_id)]
         await self.dispatch("MESSAGE_CREATE", message)
         return message
 
@@ -181,15 +188,15 @@ class FakeDiscord:
         return [m for m in self.messages.values()
                 if int(m["channel_id"]) == channel_id and m["author"]["id"] == str(self.bot.id)]
 
-    async def wait_until(self, condition: Callable[[], Any], timeout: float = 60.0) -> Any:
+    async def wait_until(self, condition: Callable[[], Any], within: float = 60.0) -> Any:
         """Poll ``condition`` until it returns something truthy (the fake's state changes as it runs)."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             result = condition()
             if result:
                 return result
             await asyncio.sleep(0.05)
-        raise TimeoutError(f"condition not met within {timeout}s; requests: {self.requests[-10:]}")
+        raise TimeoutError(f"condition not met within {within}s; requests: {self.requests[-10:]}")
 
     # ---- payloads ------------------------------------------------------------------------------------
 
@@ -197,12 +204,14 @@ class FakeDiscord:
                  *, mentions: list[dict[str, Any]], reply_to: int | None = None,
                  components: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         message = {
-            "id": str(self.new_id()), "channel_id": str(channel_id), "guild_id": str(self.guild_id),
-            "author": author.payload(), "member": author.member_payload(), "content": content,
+            "id": str(self.new_id()), "channel_id": str(channel_id),
+            "author": author.payload(), "content": content,
             "timestamp": _now(), "edited_timestamp": None, "tts": False, "mention_everyone": False,
             "mentions": mentions, "mention_roles": [], "attachments": attachments, "embeds": [],
             "pinned": False, "type": 0, "flags": 0, "components": components or [],
         }
+        if channel_id != self.dm_channel_id:  # DMs carry no guild and no member
+            message.update(guild_id=str(self.guild_id), member=author.member_payload())
         if reply_to is not None:
             referenced = self.messages[reply_to]
             message["type"] = 19
@@ -222,9 +231,11 @@ class FakeDiscord:
                     "position": 0, "color": 0, "hoist": False, "managed": False, "mentionable": False,
                     "flags": 0}
         members_role = dict(everyone, id=str(self.member_role_id), name="members", position=1)
+        bot_role = dict(everyone, id=str(self.bot_role_id), name="minigpt4", position=2, managed=True,
+                        tags={"bot_id": str(self.bot.id)})
         return {
             "id": str(self.guild_id), "name": "test guild", "unavailable": False, "owner_id": str(self.user.id),
-            "preferred_locale": self.guild_locale, "roles": [everyone, members_role],
+            "preferred_locale": self.guild_locale, "roles": [everyone, members_role, bot_role],
             "channels": [self._channel_payload()], "threads": list(self.threads.values()),
             "members": [self.bot.member_payload(with_user=True)], "member_count": 3, "large": False,
             "features": [], "emojis": [], "stickers": [], "voice_states": [], "presences": [],
@@ -254,6 +265,7 @@ class FakeDiscord:
         }
         if message is not None:
             payload["message"] = message
+        self._interaction_channels[str(interaction_id)] = channel_id
         await self.dispatch("INTERACTION_CREATE", payload)
         return interaction_id
 
@@ -372,8 +384,11 @@ class FakeDiscord:
         data = body.get("data") or {}
         if body["type"] == 4:  # CHANNEL_MESSAGE_WITH_SOURCE
             ephemeral = bool(data.get("flags", 0) & 64)
-            message = self._message(self.bot, self.channel_id, data.get("content", ""), [], mentions=[])
+            channel_id = self._interaction_channels[interaction_id]
+            message = self._message(self.bot, channel_id, data.get("content", ""), [], mentions=[])
             message["flags"] = data.get("flags", 0)
+            if ephemeral:  # only the user sees it: not part of the channel's history
+                del self.messages[int(message["id"])]
             response["interaction"].update(response_message_id=message["id"],
                                            response_message_ephemeral=ephemeral)
             response["resource"] = {"type": 4, "message": message}

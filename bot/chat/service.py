@@ -1,0 +1,385 @@
+"""The platform-neutral chat service: everything the bot does for one incoming message.
+
+Adapters call :meth:`ChatService.handle` and render the :class:`~bot.chat.messages.Reply` events it
+yields. Every event that carries a ``request_id`` describes the whole current state of that request's
+answer: the first one posts a message, later ones edit it (``Streaming``/``Final`` parts beyond the
+first become further messages). The flow is a sequence of named steps:
+
+1. route: is the message for the bot (mention, reply to the bot, DM, or a thread it already talks in)?
+2. admit: access rules, then commands (``reset``/``help``), then the user's rate and in-flight limits;
+3. intake images (metadata check, fetch, normalise), with a notice for each skipped attachment;
+4. store the user turn, *then* send the worker the whole conversation with every image as data;
+5. stream: placeholder with queue position, first token at once, then edits paced to the platform;
+6. on completion store the assistant turn; a failed or cancelled answer leaves the user turn in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Literal
+
+from bot.chat.access import AccessPolicy
+from bot.chat.commands import Command, parse_command
+from bot.chat.conversations import addresses_bot, conversation_key, opens_thread, thread_name
+from bot.chat.failures import failure_text, limited_text, not_allowed_text, rejected_image_text
+from bot.chat.i18n import language_for_locale, t
+from bot.chat.images import ACCEPTED_TYPES, ImageLimits, NormalisedImage, Rejected, intake_attachments
+from bot.chat.limits import UserLimits
+from bot.chat.messages import (
+    Failed,
+    Final,
+    IncomingMessage,
+    Notice,
+    OpenThread,
+    Placeholder,
+    PlatformProfile,
+    Reply,
+    Streaming,
+)
+from bot.chat.pacing import EditPacer
+from bot.chat.splitting import prepare_parts
+from bot.chat.store import ConversationKey, DuplicateMessage, Store
+from bot.settings import Settings
+from bot.worker_client.base import WorkerClient, WorkerError
+from model_worker.protocol import (
+    ChatRequest,
+    DoneEvent,
+    FinishReason,
+    GenerationParams,
+    ImageRef,
+    QueuedEvent,
+    RestartedEvent,
+    StartedEvent,
+    TokenEvent,
+    Turn,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_TURNS_SENT = 512  # the protocol's limit; the worker itself drops the oldest turns that do not fit
+
+
+@dataclass(frozen=True)
+class _InFlight:
+    author_id: str
+
+
+@dataclass
+class _Outcome:
+    """What came of one worker request (filled in while streaming)."""
+
+    text: str = ""
+    done: DoneEvent | None = None
+    error: Exception | None = None
+    placeholder: str = ""
+
+
+@dataclass
+class _Ask:
+    """One admitted user message on its way to the worker."""
+
+    message: IncomingMessage
+    key: ConversationKey
+    lang: str
+    profile: PlatformProfile
+    user_key: str
+    images: list[NormalisedImage] = field(default_factory=list)
+
+
+class ChatService:
+    """Turns incoming messages into reply events; shared by every adapter (see the module docstring)."""
+
+    def __init__(self, *, settings: Settings, store: Store, worker: WorkerClient) -> None:
+        self._settings = settings
+        self._store = store
+        self._worker = worker
+        self._access = AccessPolicy(settings)
+        self._limits = UserLimits(per_minute=settings.rate_limit_per_minute, burst=settings.rate_limit_burst,
+                                  max_in_flight=settings.max_in_flight_per_user)
+        self._image_limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels,
+                                         settings.max_image_side)
+        self._in_flight: dict[str, _InFlight] = {}
+        store.configure_retention(max_age_days=settings.image_retention_days,
+                                  max_total_bytes=settings.image_retention_bytes)
+
+    def language_for(self, locale: str | None) -> Literal["en", "ja"]:
+        """The reply language for a platform locale (``ja*`` -> ja, others -> en, none -> the default)."""
+        return "ja" if language_for_locale(locale, self._settings.default_language) == "ja" else "en"
+
+    # ---- entry points ----
+
+    async def handle(self, message: IncomingMessage, profile: PlatformProfile) -> AsyncIterator[Reply]:
+        """Everything the bot does for one incoming message (nothing when it is not for the bot)."""
+        async with aclosing(self._guarded(self._handle(message, profile), message)) as replies:
+            async for reply in replies:
+                yield reply
+
+    async def run_command(self, command: Literal["reset", "help"], message: IncomingMessage,
+                          profile: PlatformProfile) -> AsyncIterator[Reply]:
+        """A slash command: always answered (with the not-allowed notice where the bot may not answer)."""
+        async with aclosing(self._guarded(self._run_command(command, message), message)) as replies:
+            async for reply in replies:
+                yield reply
+
+    async def _guarded(self, replies: AsyncIterator[Reply], message: IncomingMessage) -> AsyncIterator[Reply]:
+        """Anything unexpected (the store, a bug) still ends with a localised message; the log has the detail."""
+        async with aclosing(replies):
+            try:
+                async for reply in replies:
+                    yield reply
+            except Exception:
+                log.exception("handling %s message %s failed", message.platform, message.message_id)
+                yield Failed(None, t("internal", self.language_for(message.locale)), "internal")
+
+    async def _handle(self, message: IncomingMessage, profile: PlatformProfile) -> AsyncIterator[Reply]:
+        lang = self.language_for(message.locale)
+        key = conversation_key(message)
+        if not await self._is_for_bot(message, key):
+            return
+        if not self._allowed(message):
+            if self._settings.notify_not_allowed:
+                yield Notice(not_allowed_text(lang), kind="not_allowed")
+            return
+        command = parse_command(message.text)
+        if command is not None and not message.attachments:
+            yield await self._command(command, message, lang)
+            return
+        if await self._store.has_user_message(key, message.message_id):
+            log.info("ignoring redelivered message %s", message.message_id)
+            return
+        if not message.text.strip() and not message.attachments:
+            yield Notice(t("empty_message", lang))
+            return
+        if opens_thread(message):
+            yield OpenThread(thread_name(message.text, t("thread_name_default", lang)))
+        ask = _Ask(message, key, lang, profile, f"{message.platform}:{message.author_id}")
+        async with aclosing(self._answer_within_limits(ask)) as replies:
+            async for reply in replies:
+                yield reply
+
+    async def _run_command(self, command: Command, message: IncomingMessage) -> AsyncIterator[Reply]:
+        lang = self.language_for(message.locale)
+        if not self._allowed(message):
+            yield Notice(not_allowed_text(lang), kind="not_allowed")
+            return
+        yield await self._command(command, message, lang)
+
+    async def cancel(self, request_id: str, *, user_id: str) -> bool:
+        """Stop a running answer; only its requester or an administrator may. ``True`` when asked."""
+        running = self._in_flight.get(request_id)
+        if running is None:
+            return False
+        if user_id != running.author_id and not self._access.is_admin(user_id):
+            log.info("user %s may not stop request %s", user_id, request_id)
+            return False
+        log.info("request %s stopped by user %s", request_id, user_id)
+        await self._worker.cancel(request_id)
+        return True
+
+    # ---- step 1-2: route and admit ----
+
+    async def _is_for_bot(self, message: IncomingMessage, key: ConversationKey) -> bool:
+        if addresses_bot(message):
+            return True
+        return message.thread_id is not None and await self._store.find_conversation(key) is not None
+
+    def _allowed(self, message: IncomingMessage) -> bool:
+        decision = self._access.check(message)
+        if not decision.allowed:
+            log.info("not answering %s user %s in %s: %s", message.platform, message.author_id,
+                     message.channel_id, decision.reason)
+        return decision.allowed
+
+    async def _command(self, command: Command, message: IncomingMessage, lang: str) -> Notice:
+        if command == "reset":
+            # A thread or DM keeps talking to the bot after a reset; a top-level message has nothing to reset.
+            if not opens_thread(message):
+                key = conversation_key(message)
+                await self._store.reset_conversation(key)
+                log.info("reset %s", key)
+            return Notice(t("reset_done", lang), kind="reset")
+        return Notice(t("help", lang, max_images=self._settings.max_images_per_message, accepted=ACCEPTED_TYPES,
+                       max_mb=round(self._settings.max_image_bytes / 1_000_000)), kind="help")
+
+    async def _answer_within_limits(self, ask: _Ask) -> AsyncIterator[Reply]:
+        exempt = ask.message.platform == "console" or self._access.is_admin(ask.message.author_id)
+        limited = None if exempt else self._limits.try_acquire(ask.user_key)
+        if limited is not None:
+            log.info("user %s limited (%s)", ask.user_key, limited.reason)
+            yield Notice(limited_text(limited, ask.lang), kind="limited")
+            return
+        try:
+            async with aclosing(self._answer(ask)) as replies:
+                async for reply in replies:
+                    yield reply
+        finally:
+            if not exempt:
+                self._limits.release(ask.user_key)
+
+    # ---- step 3-4: images, user turn, request ----
+
+    async def _answer(self, ask: _Ask) -> AsyncIterator[Reply]:
+        for notice in await self._intake_images(ask):
+            yield notice
+        if not ask.message.text.strip() and not ask.images:
+            return  # every attachment was skipped and there is no text: the notices said why
+        stored = await self._store_user_turn(ask)
+        if stored is None:
+            return
+        conversation_id, turn_id = stored
+        request = await self._build_request(conversation_id, ask.user_key)
+        async with aclosing(self._run_request(request, ask, conversation_id, turn_id)) as replies:
+            async for reply in replies:
+                yield reply
+
+    async def _intake_images(self, ask: _Ask) -> list[Notice]:
+        """Accepted images go into ``ask.images`` (in order); each skipped one gets a notice."""
+        refs = ask.message.attachments
+        limit = self._settings.max_images_per_message
+        notices = [Notice(t("image_too_many", ask.lang, limit=limit), kind="attachment")] if len(refs) > limit else []
+        for result in await intake_attachments(refs[:limit], self._image_limits):
+            if isinstance(result, Rejected):
+                notices.append(Notice(rejected_image_text(result, ask.lang, max_bytes=self._image_limits.max_bytes,
+                                                          max_pixels=self._image_limits.max_pixels), kind="attachment"))
+            else:
+                ask.images.append(result)
+        return notices
+
+    async def _store_user_turn(self, ask: _Ask) -> tuple[int, int] | None:
+        """Store the images and the user's turn before anything goes to the worker."""
+        conversation = await self._store.open_conversation(ask.key)
+        for image in ask.images:
+            await self._store.put_image(image.sha256, image.png, width=image.width, height=image.height)
+        try:
+            turn_id = await self._store.add_turn(
+                conversation.id, role="user", text=ask.message.text, status="pending",
+                image_hashes=[image.sha256 for image in ask.images], author_id=ask.message.author_id,
+                platform_message_id=ask.message.message_id)
+        except DuplicateMessage:
+            log.info("ignoring redelivered message %s", ask.message.message_id)
+            return None
+        return conversation.id, turn_id
+
+    async def _build_request(self, conversation_id: int, user_key: str) -> ChatRequest:
+        """All turns of the conversation so far, each with its images as data."""
+        turns = (await self._store.list_turns(conversation_id))[-MAX_TURNS_SENT:]
+        hashes = [sha for turn in turns for sha in turn.image_hashes]
+        images = await self._store.get_images(hashes)
+        missing = set(hashes) - images.keys()
+        if missing:
+            log.warning("conversation %d: %d image(s) past retention are left out", conversation_id, len(missing))
+        conversation = [
+            Turn(role=turn.role, text=turn.text,
+                 images=[ImageRef.from_bytes(images[sha]) for sha in turn.image_hashes if sha in images])
+            for turn in turns
+        ]
+        return ChatRequest(user=user_key, conversation=conversation, generation=self._generation())
+
+    def _generation(self) -> GenerationParams:
+        s = self._settings
+        return GenerationParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
+                                top_k=s.top_k)
+
+    # ---- step 5-6: stream and finish ----
+
+    async def _run_request(self, request: ChatRequest, ask: _Ask, conversation_id: int,
+                           turn_id: int) -> AsyncIterator[Reply]:
+        request_id = request.request_id
+        log.info("request %s: %s, %d turn(s), %d image(s)", request_id, ask.user_key,
+                 len(request.conversation), sum(len(turn.images) for turn in request.conversation))
+        outcome = _Outcome(placeholder=t("placeholder_waiting", ask.lang))
+        yield Placeholder(request_id, outcome.placeholder)
+        self._in_flight[request_id] = _InFlight(ask.message.author_id)
+        try:
+            async with aclosing(self._stream(request, ask, outcome)) as replies:
+                async for reply in replies:
+                    yield reply
+        except WorkerError as exc:
+            outcome.error = exc
+        except Exception as exc:  # every failure becomes a localised message in _finish
+            log.exception("request %s: unexpected error while streaming", request_id)
+            outcome.error = exc
+        finally:
+            self._in_flight.pop(request_id, None)
+            if outcome.done is None and outcome.error is None:
+                await self._cancel_abandoned(request_id, turn_id)
+        async with aclosing(self._finish(request_id, ask, outcome, conversation_id, turn_id)) as replies:
+            async for reply in replies:
+                yield reply
+
+    async def _stream(self, request: ChatRequest, ask: _Ask, outcome: _Outcome) -> AsyncIterator[Reply]:
+        pacer = EditPacer(ask.profile.edit_interval_s)
+        request_id = request.request_id
+        async with aclosing(self._worker.chat(request)) as events:
+            async for event in events:
+                if isinstance(event, TokenEvent):
+                    outcome.text += event.text
+                    if outcome.text.strip() and pacer.due():
+                        yield Streaming(request_id, self._parts(outcome.text, ask.profile))
+                elif isinstance(event, DoneEvent):
+                    outcome.done = event
+                else:
+                    if isinstance(event, RestartedEvent):
+                        outcome.text = ""
+                        pacer.reset()
+                    placeholder = self._placeholder_for(event, request_id, ask.lang, outcome)
+                    if placeholder is not None:
+                        yield placeholder
+
+    def _placeholder_for(self, event: QueuedEvent | StartedEvent | RestartedEvent, request_id: str,
+                         lang: str, outcome: _Outcome) -> Placeholder | None:
+        """The placeholder to show now, or None when it would not change (each edit costs rate limit).
+        A queue position shows only while someone is ahead; #1 is about to start ("Thinking…")."""
+        position = event.position if isinstance(event, QueuedEvent) and event.position > 1 else None
+        if isinstance(event, RestartedEvent):
+            text = t("restarted", lang)
+        elif position is not None:
+            text = t("queued", lang, position=position)
+        else:
+            text = t("started", lang)
+        if text == outcome.placeholder or outcome.text.strip():
+            return None
+        outcome.placeholder = text
+        return Placeholder(request_id, text, position)
+
+    async def _finish(self, request_id: str, ask: _Ask, outcome: _Outcome, conversation_id: int,
+                      turn_id: int) -> AsyncIterator[Reply]:
+        if outcome.error is not None or outcome.done is None:
+            await self._store.set_turn_status(turn_id, "failed")
+            code, text = failure_text(outcome.error or RuntimeError("stream ended early"), ask.lang)
+            log.warning("request %s failed (%s): %r", request_id, code, outcome.error)
+            yield Failed(request_id, text, code)
+            return
+        done = outcome.done
+        if done.finish_reason == FinishReason.CANCELLED:
+            await self._store.set_turn_status(turn_id, "cancelled")
+            shown = f"{done.text.rstrip()}\n\n{t('cancelled_suffix', ask.lang)}".strip()
+            log.info("request %s cancelled after %d token(s)", request_id, done.usage.completion_tokens)
+            yield Final(request_id, self._parts(shown, ask.profile), cancelled=True)
+            return
+        await self._store.add_turn(conversation_id, role="assistant", text=done.text, status="complete",
+                                   request_id=request_id)
+        await self._store.set_turn_status(turn_id, "answered")
+        log.info("request %s done (%s, %d+%d tokens)", request_id, done.finish_reason,
+                 done.usage.prompt_tokens, done.usage.completion_tokens)
+        yield Final(request_id, self._parts(done.text if done.text.strip() else t("empty_answer", ask.lang),
+                                            ask.profile))
+        await self._store.prune_images()
+
+    async def _cancel_abandoned(self, request_id: str, turn_id: int) -> None:
+        """The adapter stopped listening (or the task was cancelled): do not leave the GPU working."""
+        log.info("request %s abandoned by its adapter; cancelling", request_id)
+        try:
+            await asyncio.shield(self._worker.cancel(request_id))
+            await asyncio.shield(self._store.set_turn_status(turn_id, "cancelled"))
+        except Exception as exc:  # best effort; the worker's deadline covers the rest
+            log.warning("could not cancel abandoned request %s: %r", request_id, exc)
+
+    @staticmethod
+    def _parts(text: str, profile: PlatformProfile) -> tuple[str, ...]:
+        return prepare_parts(text, limit=profile.max_message_chars, markup=profile.markup)
+

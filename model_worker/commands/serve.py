@@ -1,0 +1,104 @@
+"""``python -m model_worker serve``: the worker's HTTP API on a Unix socket (default) or loopback TCP."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+from model_worker.scheduler import SchedulerLimits
+from model_worker.serving import ServeConfig, ServeError, serve
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SOCKET = Path("data/worker.sock")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", type=Path, required=True, help="the weights directory")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--socket", type=Path, help=f"Unix socket to listen on, mode 0600 (default {DEFAULT_SOCKET})")
+    where.add_argument("--host", help="listen on TCP instead; other than loopback needs a bearer token")
+    parser.add_argument("--port", type=int, default=8765, help="TCP port with --host; 0 picks a free one")
+    parser.add_argument("--queue", nargs="?", const="", metavar="URL",
+                        help="also take jobs from the shared Redis Streams queue (redis://[:password@]host:port/db "
+                             "or rediss:// for TLS); without URL, from $QUEUE_URL, which keeps the password out "
+                             "of ps. The HTTP API still answers health, readiness and metrics")
+    parser.add_argument("--claim-idle-ms", type=_positive(int), default=30_000, metavar="MS",
+                        help="with --queue: take over a job whose worker has been silent this long (default 30000)")
+    parser.add_argument("--consumer-name", metavar="NAME",
+                        help="with --queue: this worker's name in the consumer group (default host-pid)")
+    parser.add_argument("--token-env", default="WORKER_TOKEN", metavar="NAME",
+                        help="environment variable holding the bearer token (default WORKER_TOKEN)")
+    parser.add_argument("--token", help="the bearer token itself (visible to local users in ps; prefer the env)")
+    parser.add_argument("--device", default="auto", help="auto, cuda, cuda:N or cpu")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float16", "bfloat16", "float32"))
+    parser.add_argument("--max-batch-size", type=_positive(int), default=8,
+                        help="sequences decoded together at most (default 8)")
+    parser.add_argument("--max-queue", type=_positive(int), default=64,
+                        help="requests that may wait beyond the running batch; more are told busy (default 64)")
+    parser.add_argument("--request-timeout", type=_positive(float), default=600.0, metavar="SECONDS",
+                        help="longest time one request may take, queue included (default 600)")
+    parser.add_argument("--max-body-mb", type=_positive(float), default=64.0,
+                        help="largest request body accepted, images included (default 64)")
+    parser.add_argument("--shutdown-grace", type=float, default=30.0, metavar="SECONDS",
+                        help="on SIGTERM, how long running answers may finish before they are stopped")
+    parser.add_argument("--parent-pid", type=int, metavar="PID",
+                        help="stop when this process exits (the bot passes its own pid when it supervises)")
+    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return asyncio.run(serve(config_from_args(args)))
+    except ServeError as exc:
+        print(f"serve: {exc}", file=sys.stderr)
+        return 2
+
+
+def config_from_args(args: argparse.Namespace) -> ServeConfig:
+    """The serve configuration from parsed arguments (the token from ``--token`` or the environment)."""
+    token = args.token or os.environ.get(args.token_env) or None
+    socket_path = None if args.host else (args.socket or DEFAULT_SOCKET)
+    return ServeConfig(
+        weights=args.weights,
+        socket_path=socket_path.absolute() if socket_path else None,
+        host=args.host,
+        port=args.port,
+        token=token,
+        device=args.device,
+        dtype=args.dtype,
+        max_batch_size=args.max_batch_size,
+        limits=SchedulerLimits(max_queue=args.max_queue, request_timeout_s=args.request_timeout),
+        max_body_bytes=int(args.max_body_mb * 2**20),
+        shutdown_grace_s=args.shutdown_grace,
+        parent_pid=args.parent_pid,
+        queue_url=_queue_url(args),
+        claim_idle_ms=args.claim_idle_ms,
+        consumer_name=args.consumer_name,
+    )
+
+
+def _queue_url(args: argparse.Namespace) -> str | None:
+    if args.queue is None:
+        return None
+    url = args.queue or os.environ.get("QUEUE_URL", "")
+    if not url.startswith(("redis://", "rediss://")):
+        raise ServeError("--queue needs redis://[:password@]host:port/db or rediss://... "
+                         "(given on the command line or in QUEUE_URL)")
+    return url
+
+
+def _positive(kind: type) -> object:
+    def parse(text: str) -> object:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse

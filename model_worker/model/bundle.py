@@ -1,0 +1,110 @@
+"""The converted bundle: one safetensors file with every tensor under the model's names.
+
+A bundle directory is itself a weights directory: ``minigpt4.safetensors`` (tensors at their source
+precision; metadata holds a fingerprint of the sources it came from), ``arch.json`` and ``gpt-neox/`` with
+the config and tokenizer files. The worker writes one as a cache on first load and starts from it later by
+memory-mapping; a changed source (size or modification time) invalidates it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from model_worker.model.arch import ARCH_FILE, Arch
+from model_worker.model.weights import BLIP2_FILE, EVA_FILE, LLM_DIR, PROJECTION_FILE
+
+log = logging.getLogger(__name__)
+
+BUNDLE_FILE = "minigpt4.safetensors"
+BUNDLE_FORMAT = "minigpt4-bundle/1"
+LOCAL_CACHE_DIR = ".minigpt4-bundle"
+LLM_SIDE_FILES = ("config.json", "spiece.model", "tokenizer_config.json", "special_tokens_map.json",
+                  "generation_config.json")
+
+
+def is_bundle_dir(path: Path) -> bool:
+    """True for a directory that holds a bundle and none of the source artefacts."""
+    return (path / BUNDLE_FILE).is_file() and not (path / EVA_FILE).exists()
+
+
+def source_fingerprint(weights_dir: Path) -> str:
+    """A JSON string of every source file's size and modification time."""
+    files = [EVA_FILE, BLIP2_FILE, PROJECTION_FILE, ARCH_FILE]
+    llm_dir = weights_dir / LLM_DIR
+    if llm_dir.is_dir():
+        files += [f"{LLM_DIR}/{p.name}" for p in sorted(llm_dir.iterdir()) if p.is_file()]
+    stats = {}
+    for name in files:
+        path = weights_dir / name
+        if path.is_file():
+            stat = path.stat()
+            stats[name] = [stat.st_size, stat.st_mtime_ns]
+    return json.dumps(stats, sort_keys=True)
+
+
+def default_cache_dir(weights_dir: Path) -> Path:
+    """Next to the sources when that directory is writable, else under the user's cache directory."""
+    weights_dir = weights_dir.resolve()
+    if os.access(weights_dir, os.W_OK):
+        return weights_dir / LOCAL_CACHE_DIR
+    digest = hashlib.sha256(str(weights_dir).encode()).hexdigest()[:16]
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "minigpt4-worker" / "bundles" / digest
+
+
+def bundle_metadata(path: Path) -> dict[str, str]:
+    with safe_open(str(path), framework="pt") as handle:
+        return dict(handle.metadata() or {})
+
+
+def is_fresh(bundle_dir: Path, weights_dir: Path) -> bool:
+    """Whether ``bundle_dir`` holds a bundle made from the sources as they are now."""
+    path = bundle_dir / BUNDLE_FILE
+    if not path.is_file():
+        return False
+    try:
+        metadata = bundle_metadata(path)
+    except Exception:  # a truncated or foreign file is just stale  # noqa: BLE001
+        return False
+    return metadata.get("format") == BUNDLE_FORMAT and metadata.get("sources") == source_fingerprint(weights_dir)
+
+
+def write_bundle(out_dir: Path, tensors: Mapping[str, torch.Tensor], *, weights_dir: Path, arch: Arch) -> Path:
+    """Write a self-contained bundle directory; the tensor file is written last and atomically."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / LLM_DIR).mkdir(exist_ok=True)
+    for name in LLM_SIDE_FILES:
+        source = weights_dir / LLM_DIR / name
+        if source.is_file():
+            shutil.copyfile(source, out_dir / LLM_DIR / name)
+    (out_dir / ARCH_FILE).write_text(arch.to_json() + "\n", encoding="utf-8")
+    metadata = {"format": BUNDLE_FORMAT, "sources": source_fingerprint(weights_dir)}
+    fd, tmp_name = tempfile.mkstemp(dir=out_dir, prefix=".tmp-", suffix=".safetensors")
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp_name, metadata=metadata)
+        os.replace(tmp_name, out_dir / BUNDLE_FILE)
+    finally:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+    return out_dir / BUNDLE_FILE
+
+
+def read_bundle(bundle_dir: Path) -> dict[str, torch.Tensor]:
+    """The bundle's tensors, read through a memory map of the file."""
+    tensors: dict[str, torch.Tensor] = {}
+    with safe_open(str(bundle_dir / BUNDLE_FILE), framework="pt", device="cpu") as handle:
+        for key in handle.keys():  # noqa: SIM118 - safe_open is not a Mapping
+            tensors[key] = handle.get_tensor(key)
+    return tensors

@@ -1,0 +1,58 @@
+"""Turning generated ids into the reply text: stop at a new turn, and stream only text that is final.
+
+The reply stops where the model starts a new turn (a new line beginning with ``ユーザー:`` or
+``システム:``); that start and everything after it is cut. The final reply is the decoded text (special ids
+dropped) before the cut, stripped. While generating, only a prefix that can no longer change is shown:
+leading whitespace, trailing whitespace, a trailing partial turn marker and a trailing incomplete UTF-8
+sequence (decoded as U+FFFD) are held back, so the streamed text only ever grows by appending.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from model_worker.model.prompt import TURN_MARKERS
+from model_worker.model.tokenizer import Tokenizer
+
+_REPLACEMENT = "\ufffd"
+
+
+def find_turn_marker(text: str) -> int | None:
+    """Index where the model starts a new turn, or ``None``."""
+    hits = [i for i in (text.find(marker) for marker in TURN_MARKERS) if i >= 0]
+    return min(hits) if hits else None
+
+
+def stable_text(text: str) -> str:
+    """The part of a still-growing decoded reply that can no longer change."""
+    text = text.lstrip()
+    newline = text.rfind("\n")
+    if newline >= 0 and any(marker.startswith(text[newline:]) for marker in TURN_MARKERS):
+        text = text[:newline]
+    return text.rstrip(_REPLACEMENT).rstrip()
+
+
+@dataclass
+class ReplyState:
+    """Where a reply stands after its latest token."""
+
+    text: str  # to show now (final and stripped when ``stopped``)
+    stopped: bool  # the model started a new turn
+    kept_ids: int  # how many generated ids belong to the reply (stop marker excluded)
+
+
+def read_reply(tokenizer: Tokenizer, ids: list[int], *, final: bool) -> ReplyState:
+    """The reply for the generated ``ids`` (EOS excluded); ``final`` when generation ends here."""
+    decoded = tokenizer.decode(ids)
+    cut = find_turn_marker(decoded)
+    if cut is None:
+        return ReplyState(decoded.strip() if final else stable_text(decoded), stopped=False, kept_ids=len(ids))
+    return ReplyState(decoded[:cut].strip(), stopped=True, kept_ids=_ids_before(tokenizer, ids, cut))
+
+
+def _ids_before(tokenizer: Tokenizer, ids: list[int], cut: int) -> int:
+    """The fewest leading ids whose text reaches ``cut`` (the ids of the stop marker are not kept)."""
+    for count in range(len(ids) + 1):
+        if len(tokenizer.decode(ids[:count])) >= cut:
+            return count
+    return len(ids)

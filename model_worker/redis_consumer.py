@@ -1,0 +1,402 @@
+"""The worker's side of the shared Redis Streams queue (``serve --queue URL``).
+
+The consumer joins the workers' consumer group and pulls jobs only while the scheduler has room in its
+running batch, so no worker takes more than it can serve. Each job goes to the same scheduler the HTTP
+server uses; its events are written to the request's events stream, tagged with the attempt number.
+A job is acknowledged (and deleted) once it ended. Jobs whose worker went quiet for longer than
+``claim_idle_ms`` are claimed by another worker and restarted from the beginning with a ``restarted``
+event; a worker keeps its running jobs' pending entries fresh so that no live job is taken from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+import socket
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+from prometheus_client import Counter, Gauge
+from pydantic import ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from model_worker.metrics import WorkerMetrics
+from model_worker.protocol import (
+    ChatRequest,
+    DoneEvent,
+    ErrorCode,
+    ErrorEvent,
+    Event,
+    ImageRef,
+    QueuedEvent,
+    ReadyInfo,
+    RestartedEvent,
+)
+from model_worker.queue_streams import (
+    BACKLOG_SCRIPT,
+    BLOCK_MS,
+    TOUCH_SCRIPT,
+    QueueKeys,
+    cancelled_before_start,
+    connect,
+    encode_event,
+)
+from model_worker.scheduler import Rejected, Scheduler
+
+log = logging.getLogger(__name__)
+
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+_ANNOUNCE_EVERY_S = 2.0
+_CANCEL_CHECK_EVERY_S = 0.2
+_ROOM_CHECK_EVERY_S = 0.05
+
+
+def default_consumer_name() -> str:
+    """``host-pid``: unique per process, and readable in ``XINFO CONSUMERS``."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class _JobRefused(Exception):
+    def __init__(self, event: ErrorEvent) -> None:
+        super().__init__(event.message)
+        self.event = event
+
+
+class _Outcome(enum.Enum):
+    ENDED = "ended"  # answered (or refused) here, and acknowledged
+    HAND_BACK = "hand_back"  # this worker is stopping: let another worker take the entry at once
+    LOST = "lost"  # another worker claimed it meanwhile: leave the entry alone
+
+
+@dataclass(eq=False)
+class _Job:
+    entry_id: str
+    request_id: str
+    attempt: int = 0
+    submitted: bool = False
+    cancelled: bool = False
+    lost: bool = False  # another worker claimed it: never acknowledge it from here
+
+
+class QueueMetrics:
+    """The queue's instruments, registered beside the scheduler's on the worker's registry."""
+
+    def __init__(self, metrics: WorkerMetrics) -> None:
+        r = metrics.registry
+        self.backlog = Gauge("worker_queue_backlog", "Jobs in the shared queue that no worker has taken",
+                             registry=r)
+        self.pulled = Counter("worker_queue_jobs_pulled", "Jobs this worker took from the shared queue",
+                              registry=r)
+        self.reclaimed = Counter("worker_queue_jobs_reclaimed",
+                                 "Jobs this worker took over from a worker that went quiet", registry=r)
+        self.reachable = Gauge("worker_queue_reachable", "1 while Redis answers, 0 while it does not",
+                               registry=r)
+
+
+class RedisConsumer:
+    """Feeds the scheduler from the shared queue and publishes each job's events."""
+
+    def __init__(self, url: str, *, keys: QueueKeys | None = None, consumer: str | None = None,
+                 claim_idle_ms: int = 30_000, events_ttl_s: int = 900) -> None:
+        self._redis = redis = connect(url)
+        self._keys = keys or QueueKeys()
+        self.consumer = consumer or default_consumer_name()
+        self._claim_idle_ms = claim_idle_ms
+        self._events_ttl_s = events_ttl_s
+        self._touch = redis.register_script(TOUCH_SCRIPT)
+        self._backlog = redis.register_script(BACKLOG_SCRIPT)
+        self._jobs: dict[str, _Job] = {}  # by entry id
+        self._job_tasks: set[asyncio.Task[None]] = set()
+        self._loops: list[asyncio.Task[None]] = []
+        self._pulling = True
+        self._group_ready = False
+        self._reachable = True
+
+    # ---- life cycle ---------------------------------------------------------------------------
+
+    def start(self, scheduler: Scheduler, *, capacity: int, metrics: WorkerMetrics,
+              ready_info: Callable[[], ReadyInfo]) -> None:
+        """Start feeding ``scheduler`` (whose running batch holds ``capacity`` sequences): pull,
+        reclaim, watch for cancels, and announce ``ready_info()`` to the bots."""
+        self._scheduler = scheduler
+        self._capacity = capacity
+        self._metrics = QueueMetrics(metrics)
+        self._ready_info = ready_info
+        touch_every = max(0.05, self._claim_idle_ms / 3000)
+        claim_every = max(0.1, min(5.0, self._claim_idle_ms / 2000))
+        steps: list[tuple[str, Callable[[], Awaitable[None]], float]] = [
+            ("pull", self._pull_once, 0.0),
+            ("reclaim", self._reclaim_once, claim_every),
+            ("cancel-watch", self._watch_cancels_once, _CANCEL_CHECK_EVERY_S),
+            ("touch", self._touch_once, touch_every),
+            ("announce", self._announce_once, _ANNOUNCE_EVERY_S),
+        ]
+        for name, step, pause in steps:
+            self._loops.append(asyncio.create_task(self._forever(name, step, pause), name=f"queue-{name}"))
+        log.info("queue consumer %s joined group %s on %s", self.consumer, self._keys.group, self._keys.stream)
+
+    def stop_pulling(self) -> None:
+        """Take no new jobs (the first step of a graceful stop)."""
+        self._pulling = False
+
+    async def close(self) -> None:
+        """Stop every loop; jobs still running are stopped and handed back for another worker.
+
+        For a graceful stop call :meth:`stop_pulling` and shut the scheduler down first: jobs that
+        finish within its grace period are then answered here."""
+        self._pulling = False
+        tasks = [*self._loops, *self._job_tasks]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._loops:
+            with contextlib.suppress(*_UNREACHABLE, ResponseError):
+                await self._redis.delete(self._keys.worker(self.consumer))
+            log.info("queue consumer %s stopped", self.consumer)
+        await self._redis.aclose()
+
+    # ---- the loops ----------------------------------------------------------------------------
+
+    async def _forever(self, name: str, step: Callable[[], Awaitable[None]], pause_s: float) -> None:
+        """Run one step again and again; ride out Redis outages with a growing pause."""
+        backoff = 0.5
+        while True:
+            try:
+                if not self._group_ready:
+                    await self._ensure_group()
+                await step()
+                backoff = 0.5
+            except _UNREACHABLE as exc:
+                self._set_reachable(False, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    log.exception("queue %s step failed", name)
+                self._group_ready = False  # Redis lost its data: recreate the group, then go on
+                await asyncio.sleep(0.5)
+                continue
+            await asyncio.sleep(pause_s)
+
+    async def _pull_once(self) -> None:
+        room = await self._wait_for_room()
+        reply = await self._redis.xreadgroup(self._keys.group, self.consumer, {self._keys.stream: ">"},
+                                             count=room, block=BLOCK_MS)
+        for _stream, entries in reply or []:
+            for entry_id, fields in entries:
+                self._metrics.pulled.inc()
+                self._start_job(entry_id.decode(), fields)
+
+    async def _reclaim_once(self) -> None:
+        room = self._room()
+        if room <= 0 or not self._pulling:
+            return
+        _cursor, entries, *_deleted = await self._redis.xautoclaim(
+            self._keys.stream, self._keys.group, self.consumer, min_idle_time=self._claim_idle_ms,
+            start_id="0-0", count=room)
+        for entry_id, fields in entries:
+            entry = entry_id.decode()
+            if entry in self._jobs or not fields:
+                continue  # one of ours that was slow to be touched, or an entry deleted meanwhile
+            self._metrics.reclaimed.inc()
+            log.info("took over job %s from a worker that went quiet", entry)
+            self._start_job(entry, fields)
+
+    async def _watch_cancels_once(self) -> None:
+        jobs = [job for job in self._jobs.values() if job.submitted and not job.cancelled]
+        if not jobs:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for job in jobs:
+            pipe.exists(self._keys.cancel(job.request_id))
+        for job, flagged in zip(jobs, await pipe.execute(), strict=True):
+            if flagged:
+                job.cancelled = True
+                log.info("request %s: cancelled through the queue", job.request_id)
+                self._scheduler.cancel(job.request_id)
+
+    async def _touch_once(self) -> None:
+        jobs = [job for job in self._jobs.values() if not job.lost]
+        if not jobs:
+            return
+        lost = await self._touch(keys=[self._keys.stream],
+                                 args=[self._keys.group, self.consumer, *(job.entry_id for job in jobs)])
+        for entry_id in lost:
+            job = self._jobs.get(entry_id.decode())
+            if job is not None:
+                job.lost = True
+                log.warning("request %s: another worker took this job over; stopping here", job.request_id)
+                self._scheduler.cancel(job.request_id)
+
+    async def _announce_once(self) -> None:
+        info = self._ready_info().model_copy(update={
+            "consumer": self.consumer, "running": len(self._jobs), "capacity": self._capacity})
+        await self._redis.set(self._keys.worker(self.consumer), info.model_dump_json(),
+                              ex=int(_ANNOUNCE_EVERY_S * 5))
+        backlog = await self._backlog(keys=[self._keys.stream], args=[self._keys.group])
+        self._metrics.backlog.set(int(backlog))
+        self._set_reachable(True)  # this step always talks to Redis: it alone declares it back
+
+    # ---- room in the batch --------------------------------------------------------------------
+
+    def _room(self) -> int:
+        """Free places in the running batch, counting jobs taken but not yet handed to the scheduler."""
+        if not self._ready_info().ready:
+            return 0
+        fetched = sum(1 for job in self._jobs.values() if not job.submitted)
+        busy = self._scheduler.running_count + self._scheduler.queue_depth + fetched
+        return self._capacity - busy
+
+    async def _wait_for_room(self) -> int:
+        while True:
+            room = self._room() if self._pulling else 0
+            if room > 0:
+                return room
+            # Polled: HTTP requests share the scheduler, which has no "a place came free" signal.
+            await asyncio.sleep(_ROOM_CHECK_EVERY_S)
+
+    # ---- one job ------------------------------------------------------------------------------
+
+    def _start_job(self, entry_id: str, fields: dict[bytes, bytes]) -> None:
+        request_id = fields.get(b"request_id", b"?").decode(errors="replace")
+        job = _Job(entry_id, request_id)
+        self._jobs[entry_id] = job
+        task = asyncio.create_task(self._serve(job, fields), name=f"job-{request_id}")
+        self._job_tasks.add(task)
+        task.add_done_callback(self._job_tasks.discard)
+
+    async def _serve(self, job: _Job, fields: dict[bytes, bytes]) -> None:
+        try:
+            if await self._run_job(job, fields) is _Outcome.HAND_BACK:
+                await self._hand_back(job)
+        except _UNREACHABLE as exc:
+            # The job stays pending in Redis (if Redis kept it) and is taken up again from there.
+            log.warning("request %s: queue unreachable while serving (%s); stopping it here",
+                        job.request_id, type(exc).__name__)
+            self._scheduler.cancel(job.request_id)
+        except asyncio.CancelledError:
+            self._scheduler.cancel(job.request_id)
+            with contextlib.suppress(*_UNREACHABLE, ResponseError):
+                await self._hand_back(job)
+            raise
+        except Exception:
+            log.exception("request %s: the queue consumer failed", job.request_id)
+            self._scheduler.cancel(job.request_id)
+        finally:
+            self._jobs.pop(job.entry_id, None)
+
+    async def _run_job(self, job: _Job, fields: dict[bytes, bytes]) -> _Outcome:
+        """Serve one job: publish its events, and say what to do with its queue entry."""
+        job.attempt = await self._begin_attempt(job.request_id)
+        if job.attempt > 1:
+            await self._publish(job, RestartedEvent(attempt=job.attempt))
+        if await self._redis.exists(self._keys.cancel(job.request_id)):
+            return await self._forward(job, [cancelled_before_start()])
+        try:
+            ticket = self._scheduler.submit(await self._load_request(fields))
+        except (_JobRefused, Rejected) as exc:
+            return await self._forward(job, [exc.event])
+        job.submitted = True
+        return await self._forward(job, ticket.events())
+
+    async def _forward(self, job: _Job, events: AsyncIterable[Event] | Iterable[Event]) -> _Outcome:
+        async for event in _aiter(events):
+            if isinstance(event, QueuedEvent):
+                continue  # the client reports its place in the shared queue, not in this worker's line
+            if job.lost:
+                return _Outcome.LOST
+            if isinstance(event, ErrorEvent) and event.code is ErrorCode.SHUTTING_DOWN:
+                self._pulling = False
+                return _Outcome.HAND_BACK  # another worker answers it
+            if isinstance(event, DoneEvent | ErrorEvent):
+                await self._publish_last(job, event)
+                return _Outcome.ENDED
+            await self._publish(job, event)
+        return _Outcome.ENDED
+
+    async def _begin_attempt(self, request_id: str) -> int:
+        key = self._keys.attempt(request_id)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.incr(key)
+        pipe.expire(key, self._events_ttl_s)
+        attempt, _ = await pipe.execute()
+        return int(attempt)
+
+    async def _load_request(self, fields: dict[bytes, bytes]) -> ChatRequest:
+        """The job's request with every image's bytes fetched from Redis by hash."""
+        try:
+            request = ChatRequest.model_validate_json(fields[b"request"])
+        except (KeyError, ValidationError):
+            log.warning("a job on the queue is not a valid chat request")
+            raise _JobRefused(ErrorEvent(code=ErrorCode.BAD_REQUEST,
+                                         message="the job is not a valid chat request")) from None
+        hashes = sorted(set(request.image_hashes()))
+        if not hashes:
+            return request
+        blobs = dict(zip(hashes, await self._redis.mget([self._keys.image(h) for h in hashes]), strict=True))
+        missing = [sha for sha, blob in blobs.items() if blob is None]
+        if missing:
+            raise _JobRefused(ErrorEvent(code=ErrorCode.UNKNOWN_IMAGE, hashes=missing,
+                                         message="some images are no longer held; resend them with data"))
+        turns = [turn.model_copy(update={"images": [
+            ImageRef.from_bytes(blobs[img.sha256]) if img.sha256 else img for img in turn.images]})
+            for turn in request.conversation]
+        return request.model_copy(update={"conversation": turns})
+
+    async def _publish(self, job: _Job, event: Event) -> None:
+        key = self._keys.events(job.request_id)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.xadd(key, encode_event(job.attempt, event))
+        pipe.expire(key, self._events_ttl_s)
+        await pipe.execute()
+
+    async def _publish_last(self, job: _Job, event: DoneEvent | ErrorEvent) -> None:
+        """The last event and the job's acknowledgement in one transaction: if Redis fails between
+        them, neither happened, and the job is answered again rather than lost or half-answered."""
+        key = self._keys.events(job.request_id)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.xadd(key, encode_event(job.attempt, event))
+        pipe.expire(key, self._events_ttl_s)
+        pipe.xack(self._keys.stream, self._keys.group, job.entry_id)
+        pipe.xdel(self._keys.stream, job.entry_id)
+        await pipe.execute()
+
+    async def _hand_back(self, job: _Job) -> None:
+        """Make an unfinished job look long idle, so another worker claims it at its next look."""
+        await self._redis.xclaim(self._keys.stream, self._keys.group, self.consumer, 0, [job.entry_id],
+                                 idle=self._claim_idle_ms * 10, justid=True)
+        log.info("request %s: handed back to the queue", job.request_id)
+
+    # ---- Redis housekeeping -------------------------------------------------------------------
+
+    async def _ensure_group(self) -> None:
+        try:
+            await self._redis.xgroup_create(self._keys.stream, self._keys.group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    def _set_reachable(self, reachable: bool, exc: BaseException | None = None) -> None:
+        if reachable != self._reachable:
+            if reachable:
+                log.info("queue reachable again")
+            else:
+                log.warning("queue unreachable (%s); retrying", type(exc).__name__)
+        self._reachable = reachable
+        self._metrics.reachable.set(1 if reachable else 0)
+
+
+async def _aiter(events: AsyncIterable[Event] | Iterable[Event]) -> AsyncIterator[Event]:
+    if isinstance(events, AsyncIterable):
+        async for event in events:
+            yield event
+    else:
+        for event in events:
+            yield event

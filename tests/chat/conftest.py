@@ -1,0 +1,100 @@
+"""Chat service fixtures: real SQLite, the real worker process (tiny weights) behind its real client."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from bot.chat.messages import IncomingMessage, PlatformProfile, Reply
+from bot.chat.service import ChatService
+from bot.chat.store import Store
+from bot.settings import Settings
+from model_worker.protocol import ChatRequest, DoneEvent, Event, ReadyInfo
+
+DISCORD_PROFILE = PlatformProfile(platform="discord", max_message_chars=2000, edit_interval_s=0.0, markup="discord")
+SLACK_PROFILE = PlatformProfile(platform="slack", max_message_chars=3900, edit_interval_s=0.0, markup="slack")
+
+
+class RecordingClient:
+    """The real worker client, recording every request it sends and every ``done`` it receives."""
+
+    def __init__(self, client) -> None:
+        self._client = client
+        self.requests: list[ChatRequest] = []
+        self.done: list[DoneEvent] = []
+
+    async def chat(self, request: ChatRequest) -> AsyncIterator[Event]:
+        self.requests.append(request)
+        async for event in self._client.chat(request):
+            if isinstance(event, DoneEvent):
+                self.done.append(event)
+            yield event
+
+    async def cancel(self, request_id: str) -> None:
+        await self._client.cancel(request_id)
+
+    async def ready(self) -> ReadyInfo:
+        return await self._client.ready()
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+@dataclass
+class ChatHarness:
+    """A service over a store file and a recording client; ``restart`` reopens both like a new process."""
+
+    settings: Settings
+    worker_client_factory: object
+    store: Store | None = None
+    worker: RecordingClient | None = None
+    service: ChatService | None = None
+    requests: list[ChatRequest] = field(default_factory=list)
+
+    async def start(self) -> ChatHarness:
+        self.store = await Store.open(self.settings.database_path)
+        self.worker = RecordingClient(self.worker_client_factory())
+        self.worker.requests = self.requests  # one record across restarts
+        self.service = ChatService(settings=self.settings, store=self.store, worker=self.worker)
+        return self
+
+    async def stop(self) -> None:
+        await self.worker.close()
+        await self.store.close()
+
+    async def restart(self) -> None:
+        await self.stop()
+        await self.start()
+
+    async def send(self, message: IncomingMessage, profile: PlatformProfile = DISCORD_PROFILE) -> list[Reply]:
+        return [reply async for reply in self.service.handle(message, profile)]
+
+
+def make_settings(data_dir: Path, **values: object) -> Settings:
+    defaults: dict[str, object] = {"data_dir": data_dir, "max_new_tokens": 6, "rate_limit_burst": 50,
+                                   "rate_limit_per_minute": 600, "max_in_flight_per_user": 4}
+    return Settings(_env_file=None, **{**defaults, **values})
+
+
+@pytest.fixture
+async def harness_factory(tmp_path: Path, worker):
+    """Build harnesses on the session's real worker; each is stopped at the end of the test."""
+    started: list[ChatHarness] = []
+
+    async def build(client_factory=None, **settings: object) -> ChatHarness:
+        harness = ChatHarness(make_settings(tmp_path / f"data{len(started)}", **settings),
+                              client_factory or worker.client)
+        started.append(harness)
+        return await harness.start()
+
+    yield build
+    for harness in started:
+        await harness.stop()
+
+
+@pytest.fixture
+async def harness(harness_factory) -> ChatHarness:
+    return await harness_factory()

@@ -1,0 +1,64 @@
+"""The safetensors bundle: written on first load, memory-mapped later, same numbers, invalidated by changes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import torch
+from safetensors import safe_open
+
+from model_worker.model.bundle import BUNDLE_FILE, LOCAL_CACHE_DIR
+from model_worker.model.loader import load_model
+
+
+def logits_of(loaded) -> torch.Tensor:
+    pixels = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        images = loaded.model.encode_images(pixels)
+        ids = torch.tensor([loaded.tokenizer.encode("ユーザー: hello\nシステム: ")])
+        return torch.cat([images.flatten(), loaded.model.llm(input_ids=ids).logits.flatten()])
+
+
+def test_second_start_uses_the_bundle_and_computes_the_same(weights_copy):
+    first = load_model(weights_copy, device="cpu")
+    second = load_model(weights_copy, device="cpu")
+    print(f"\nfirst start (sources + writing the bundle): {first.load_seconds:.3f}s; "
+          f"second start (bundle): {second.load_seconds:.3f}s")
+    assert (first.source, second.source) == ("sources", "bundle")
+    assert torch.equal(logits_of(first), logits_of(second))
+
+
+def test_bundle_keeps_source_precision(weights_copy):
+    load_model(weights_copy, device="cpu")
+    with safe_open(str(weights_copy / LOCAL_CACHE_DIR / BUNDLE_FILE), framework="pt") as handle:
+        assert handle.get_slice("llm.lm_head.weight").get_dtype() == "F16"  # safetensors source, fp16
+        assert handle.get_slice("visual_encoder.blocks.0.attn.qkv.weight").get_dtype() == "F16"
+        assert handle.get_slice("llama_proj.weight").get_dtype() == "F32"
+
+
+def test_changed_source_invalidates_the_bundle(weights_copy):
+    load_model(weights_copy, device="cpu")
+    data = torch.load(weights_copy / "checkpoint.pth", weights_only=True)
+    data["model"]["llama_proj.bias"] = data["model"]["llama_proj.bias"] + 1.0
+    time.sleep(0.01)
+    torch.save(data, weights_copy / "checkpoint.pth")
+    reloaded = load_model(weights_copy, device="cpu")
+    assert reloaded.source == "sources"
+    assert torch.equal(reloaded.model.llama_proj.bias, data["model"]["llama_proj.bias"].float())
+    assert load_model(weights_copy, device="cpu").source == "bundle"
+
+
+def test_convert_command_writes_a_loadable_weights_dir(weights_copy, tmp_path):
+    out = tmp_path / "bundle"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "model_worker", "convert", "--weights", str(weights_copy),
+                             "--out", str(out)], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert (out / BUNDLE_FILE).is_file() and (out / "gpt-neox" / "spiece.model").is_file()
+    from_bundle = load_model(out, device="cpu")
+    from_sources = load_model(weights_copy, device="cpu", use_cache=False)
+    assert from_bundle.source == "bundle"
+    assert torch.equal(logits_of(from_bundle), logits_of(from_sources))

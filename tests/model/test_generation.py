@@ -1,0 +1,111 @@
+"""Generation through the engine: reproducibility, equivalence with the reference loop, streamed text."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from model_worker.engine import MiniGPT4Engine
+from model_worker.engine_api import EngineError
+from model_worker.model.reference import ReferenceTurn, reference_generate
+from model_worker.model.reply import read_reply, stable_text
+from model_worker.protocol import ChatRequest, ErrorCode, FinishReason, GenerationParams, ImageRef, Turn
+
+
+def png(color: tuple[int, int, int], size=(320, 240)) -> bytes:
+    buffer = io.BytesIO()
+    image = Image.new("RGB", size, color)
+    image.paste((255 - color[0], color[1], 90), (20, 30, 150, 120))
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def engine(loaded) -> MiniGPT4Engine:
+    return MiniGPT4Engine(loaded)
+
+
+def run(engine: MiniGPT4Engine, request: ChatRequest) -> tuple[object, list[str]]:
+    seq = engine.prepare(request)
+    engine.prefill([seq])
+    texts = [seq.text]
+    while not seq.finished:
+        engine.decode([seq])
+        texts.append(seq.text)
+    engine.release(seq)
+    return seq, texts
+
+
+def request(text="What can you see?", images=(), **generation) -> ChatRequest:
+    turn = Turn(role="user", text=text, images=[ImageRef.from_bytes(b) for b in images])
+    return ChatRequest(conversation=[turn], generation=GenerationParams(**generation))
+
+
+def test_greedy_is_reproducible_and_equals_the_reference_loop(engine, loaded):
+    image = png((200, 30, 40))
+    first, _ = run(engine, request(images=[image], greedy=True, max_new_tokens=24))
+    second, _ = run(engine, request(images=[image], greedy=True, max_new_tokens=24))
+    assert first.output_ids == second.output_ids and first.text == second.text
+    reference = reference_generate(
+        loaded, [ReferenceTurn("user", "What can you see?", [Image.open(io.BytesIO(image)).convert("RGB")])],
+        greedy=True, max_new_tokens=24)
+    eos = loaded.tokenizer.eos_id
+    assert [i for i in reference if i != eos][: len(first.state.generated)] == first.state.generated
+
+
+def test_the_image_changes_the_answer(engine):
+    red, _ = run(engine, request(images=[png((200, 30, 40))], greedy=True, max_new_tokens=8))
+    blue, _ = run(engine, request(images=[png((10, 40, 220))], greedy=True, max_new_tokens=8))
+    seq_r = engine.prepare(request(images=[png((200, 30, 40))], greedy=True))
+    seq_b = engine.prepare(request(images=[png((10, 40, 220))], greedy=True))
+    emb_r, emb_b = engine.prompt_embeddings(seq_r.state), engine.prompt_embeddings(seq_b.state)
+    assert not emb_r.equal(emb_b)
+
+
+def test_seeded_sampling_is_reproducible_and_streams_append_only(engine):
+    runs = [run(engine, request(seed=1234, max_new_tokens=40)) for _ in range(2)]
+    (a, texts_a), (b, _) = runs
+    assert a.output_ids == b.output_ids and a.text == b.text
+    for before, after in zip(texts_a, texts_a[1:]):
+        assert after.startswith(before)
+    other, _ = run(engine, request(seed=99, max_new_tokens=40))
+    assert other.state.generated != a.state.generated
+    assert a.finish_reason in (FinishReason.STOP, FinishReason.LENGTH)
+    if a.finish_reason == FinishReason.LENGTH:
+        assert a.state.steps == 40
+
+
+def test_stop_at_new_turn_cuts_the_marker(loaded):
+    tok = loaded.tokenizer
+    reply_ids = tok.encode(" 横になっています。")
+    ids = reply_ids + tok.encode("\nユーザー: もう一度")
+    state = read_reply(tok, ids, final=False)
+    assert state.stopped and state.text == "横になっています。"
+    assert ids[: state.kept_ids] == reply_ids
+    running = read_reply(tok, reply_ids + tok.encode("\nユー"), final=False)
+    assert not running.stopped and running.text == "横になっています。"
+
+
+def test_stable_text_holds_back_what_may_change():
+    assert stable_text("  hello \n") == "hello"
+    assert stable_text("hello\nシス") == "hello"
+    assert stable_text("hello\nok") == "hello\nok"
+    assert stable_text("abc\ufffd") == "abc"
+
+
+def test_bad_and_unknown_images_are_refused(engine):
+    with pytest.raises(EngineError) as info:
+        engine.prepare(request(images=[b"not an image at all"]))
+    assert info.value.code == ErrorCode.BAD_IMAGE
+    turn = Turn(role="user", text="x", images=[ImageRef(sha256="ab" * 32)])
+    with pytest.raises(EngineError) as info:
+        engine.prepare(ChatRequest(conversation=[turn]))
+    assert info.value.code == ErrorCode.UNKNOWN_IMAGE and info.value.extra["hashes"] == ["ab" * 32]
+
+
+def test_context_too_long(engine):
+    with pytest.raises(EngineError) as info:
+        engine.prepare(request(text="word " * 1200, max_new_tokens=1000))
+    assert info.value.code == ErrorCode.CONTEXT_TOO_LONG

@@ -1,0 +1,86 @@
+"""Socket Mode scenarios the bot answers without the model: unusable files, access rules, commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bot.chat.i18n import t
+from bot.worker_client.http import HttpWorkerClient
+from tests.fakes.slack_fake import BOT_TOKEN, FakeSlack, command_envelope, events_envelope
+from tests.slack.harness import mention_event, message_event, running_bot, slack_settings
+
+CHANNEL = "C0GENERAL"
+PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 32
+
+
+async def test_non_image_file_is_refused_before_download(fake: FakeSlack, tmp_path: Path,
+                                                         idle_worker: HttpWorkerClient) -> None:
+    async with running_bot(fake, slack_settings(fake, tmp_path), idle_worker):
+        entry = fake.add_file("notes.txt", "text/plain", b"hello")
+        await fake.push(events_envelope(mention_event("", ts="1.000100", files=[entry]), event_id="Ev1"))
+        await fake.wait_for(lambda: fake.thread_posts(CHANNEL, "1.000100"))
+    (notice,) = fake.thread_posts(CHANNEL, "1.000100")
+    assert "notes.txt" in notice.args["text"] and "PNG" in notice.args["text"]
+    assert fake.file_requests == []
+    assert {"envelope_id": "env-Ev1-0"} in fake.acks
+
+
+async def test_file_without_access_explains_scope_and_sharing(fake: FakeSlack, tmp_path: Path,
+                                                              idle_worker: HttpWorkerClient) -> None:
+    fake.user_locales["U0ALICE"] = "ja-JP"
+    async with running_bot(fake, slack_settings(fake, tmp_path), idle_worker):
+        entry = fake.add_file("cat.png", "image/png", PNG, readable=False)
+        await fake.push(events_envelope(mention_event("", ts="1.000200", files=[entry]), event_id="Ev2"))
+        await fake.wait_for(lambda: fake.thread_posts(CHANNEL, "1.000200"))
+    (notice,) = fake.thread_posts(CHANNEL, "1.000200")
+    text = notice.args["text"]
+    assert text.startswith("cat.png") and t("slack_file_access_hint", "ja") in text
+    assert "files:read" in text
+    assert fake.file_requests[0]["authorization"] == f"Bearer {BOT_TOKEN}"
+
+
+async def test_user_not_on_the_allow_list_gets_a_private_refusal(fake: FakeSlack, tmp_path: Path,
+                                                                 idle_worker: HttpWorkerClient) -> None:
+    settings = slack_settings(fake, tmp_path, allowed_users="U0BOSS", notify_not_allowed=True)
+    async with running_bot(fake, settings, idle_worker):
+        entry = fake.add_file("cat.png", "image/png", PNG)
+        await fake.push(events_envelope(mention_event("what is this?", ts="1.000300", files=[entry]),
+                                        event_id="Ev3"))
+        await fake.wait_for(lambda: fake.calls_to("chat.postEphemeral"))
+    (refusal,) = fake.calls_to("chat.postEphemeral")
+    assert refusal.args == {"channel": CHANNEL, "user": "U0ALICE", "text": t("not_allowed", "en"),
+                            "thread_ts": "1.000300"}
+    assert fake.calls_to("chat.postMessage") == [] and fake.file_requests == []
+
+
+async def test_help_in_a_dm_is_answered_at_top_level(fake: FakeSlack, tmp_path: Path,
+                                                     idle_worker: HttpWorkerClient) -> None:
+    async with running_bot(fake, slack_settings(fake, tmp_path), idle_worker):
+        await fake.push(events_envelope(message_event("help", ts="1.000400", channel="D0ALICE",
+                                                      channel_type="im"), event_id="Ev4"))
+        await fake.wait_for(lambda: fake.calls_to("chat.postMessage"))
+    (post,) = fake.calls_to("chat.postMessage")
+    assert post.args["channel"] == "D0ALICE" and "thread_ts" not in post.args
+    assert post.args["text"].startswith(t("help", "en", max_images=0, accepted="", max_mb=0)[:40])
+
+
+async def test_slash_command_in_japanese_answers_privately(fake: FakeSlack, tmp_path: Path,
+                                                           idle_worker: HttpWorkerClient) -> None:
+    fake.user_locales["U0HANAKO"] = "ja-JP"
+    async with running_bot(fake, slack_settings(fake, tmp_path), idle_worker):
+        envelope = command_envelope(fake, text="リセット", user="U0HANAKO", channel=CHANNEL)
+        await fake.push(envelope)
+        await fake.wait_for(lambda: fake.responses)
+    assert fake.responses == [{"text": t("reset_done", "ja"), "response_type": "ephemeral"}]
+    assert any(ack["envelope_id"] == envelope["envelope_id"] for ack in fake.acks)
+
+
+async def test_channel_chatter_without_mention_is_ignored(fake: FakeSlack, tmp_path: Path,
+                                                          idle_worker: HttpWorkerClient) -> None:
+    async with running_bot(fake, slack_settings(fake, tmp_path), idle_worker):
+        await fake.push(events_envelope(message_event("lunch?", ts="1.000500"), event_id="Ev5"))
+        await fake.push(events_envelope(mention_event("help", ts="1.000600"), event_id="Ev6"))
+        await fake.wait_for(lambda: fake.calls_to("chat.postMessage"))
+    (post,) = fake.calls_to("chat.postMessage")
+    assert post.args["thread_ts"] == "1.000600"
+    assert [call.args["user"] for call in fake.calls_to("users.info")] == ["U0ALICE"]

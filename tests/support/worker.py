@@ -1,0 +1,130 @@
+"""A real ``python -m model_worker serve`` process for tests, on a Unix socket in a temporary directory."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from bot.worker_client.http import HttpWorkerClient
+
+READY_TIMEOUT_S = 120.0
+
+
+@dataclass
+class WorkerHandle:
+    """A running worker: where it listens, its process, and its log file."""
+
+    socket_path: Path
+    process: subprocess.Popen
+    log_path: Path
+    token: str | None = None
+
+    @property
+    def url(self) -> str:
+        return f"unix:{self.socket_path}"
+
+    def client(self, **options: object) -> HttpWorkerClient:
+        """A new client for this worker (close it when done)."""
+        return HttpWorkerClient(self.url, token=self.token, **options)
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def http_session(self) -> aiohttp.ClientSession:
+        """A raw aiohttp session on the worker's socket (for requests the client would never send)."""
+        return aiohttp.ClientSession("http://worker", connector=aiohttp.UnixConnector(path=str(self.socket_path)),
+                                     headers=self.auth_headers())
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        """A blocking GET over the Unix socket (for start-up checks outside an event loop)."""
+        connection = _UnixHTTPConnection(self.socket_path)
+        try:
+            connection.request("GET", path, headers=self.auth_headers())
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
+
+
+def serve_command(weights_dir: Path, socket_path: Path, **serve_flags: object) -> list[str]:
+    """The command line of a worker: ``max_batch_size=1`` becomes ``--max-batch-size 1``."""
+    command = [sys.executable, "-m", "model_worker", "serve", "--weights", str(weights_dir),
+               "--socket", str(socket_path), "--device", "cpu", "--dtype", "float32"]
+    for name, value in serve_flags.items():
+        command += [f"--{name.replace('_', '-')}", str(value)]
+    return command
+
+
+@contextlib.contextmanager
+def run_worker(weights_dir: Path, workdir: Path, **serve_flags: object) -> Iterator[WorkerHandle]:
+    """Start a worker, wait until ``/readyz`` says ready, yield its handle, then stop it (SIGTERM)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    socket_path = workdir / "worker.sock"
+    log_path = workdir / "worker.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(serve_command(weights_dir, socket_path, **serve_flags),
+                                   stdout=log_file, stderr=subprocess.STDOUT, env=_worker_env())
+    token = serve_flags.get("token")
+    handle = WorkerHandle(socket_path=socket_path, process=process, log_path=log_path,
+                          token=str(token) if token else None)
+    try:
+        wait_until_ready(handle)
+        yield handle
+    finally:
+        stop_process(process)
+
+
+def wait_until_ready(handle: WorkerHandle, timeout: float = READY_TIMEOUT_S) -> dict:
+    """Poll ``/readyz`` until 200; raise with the worker's log when it dies or takes too long."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if handle.process.poll() is not None:
+            raise RuntimeError(f"the worker exited with {handle.process.returncode}:\n{handle.log_text()}")
+        with contextlib.suppress(OSError):
+            status, body = handle.get("/readyz")
+            if status == 200:
+                return json.loads(body)
+        time.sleep(0.1)
+    raise TimeoutError(f"the worker was not ready within {timeout} s:\n{handle.log_text()}")
+
+
+def stop_process(process: subprocess.Popen, grace_s: float = 15.0) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _worker_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("WORKER_TOKEN", None)  # a developer's own token must not change what the tests see
+    return env
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path) -> None:
+        super().__init__("localhost", timeout=5)
+        self._path = str(path)
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self._path)
