@@ -18,6 +18,7 @@ from PIL import Image
 from transformers import DynamicCache
 
 from model_worker.engine_api import EngineError, Sequence
+from model_worker.engine_options import EngineOptions
 from model_worker.model.loader import LoadedModel, load_model
 from model_worker.model.preprocess import ImageDecodeError, decode_image, preprocess_images
 from model_worker.model.prompt import ContextTooLongError, TokenizedPrompt, fit_context
@@ -167,7 +168,9 @@ class MiniGPT4Engine:
 
 
 def load_engine(weights: Path, *, device: str = "auto", dtype: str = "auto", max_batch_size: int = 8,
-                progress: Callable[[str], None] | None = None) -> MiniGPT4Engine:
-    """Load the model from a weights directory and wrap it in an engine."""
+                progress: Callable[[str], None] | None = None, options: EngineOptions | None = None) -> MiniGPT4Engine:
+    """Load the model from a weights directory and wrap it in the batched engine (with its caches)."""
+    from model_worker.batched_engine import BatchedEngine  # it builds on this module
+
     loaded = load_model(Path(weights), device=device, dtype=dtype, progress=progress)
-    return MiniGPT4Engine(loaded, max_batch_size=max_batch_size)
+    return BatchedEngine(loaded, max_batch_size=max_batch_size, options=options or EngineOptions())

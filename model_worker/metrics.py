@@ -38,6 +38,13 @@ class WorkerMetrics:
         self.queue_wait = Histogram("worker_queue_wait_seconds", "From submission to admission",
                                     buckets=_LATENCY_BUCKETS, registry=r)
 
+    def watch_engine(self, engine: object) -> None:
+        """Also expose the engine's own counters (caches, tokens prefilled and decoded), if it keeps any."""
+        if getattr(engine, "stats", None) is not None:
+            from model_worker.engine_metrics import EngineStatsCollector
+
+            self.registry.register(EngineStatsCollector(engine))
+
     def render(self) -> bytes:
         """The Prometheus text exposition of every instrument."""
         return generate_latest(self.registry)

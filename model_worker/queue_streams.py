@@ -148,15 +148,17 @@ return redis.call("XDEL", KEYS[1], ARGV[2])
 """
 
 #: KEYS: stream; ARGV: group, consumer, entry ids... Resets the idle time of the entries this consumer
-#: still owns (so no other worker reclaims a live job) and returns the ids it no longer owns.
+#: still owns (so no other worker reclaims a live job) and returns those another consumer now owns.
 TOUCH_SCRIPT = """
 local lost = {}
 for i = 3, #ARGV do
   local p = redis.call("XPENDING", KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
-  if #p == 1 and p[1][2] == ARGV[2] then
-    redis.call("XCLAIM", KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], "JUSTID")
-  else
-    table.insert(lost, ARGV[i])
+  if #p == 1 then
+    if p[1][2] == ARGV[2] then
+      redis.call("XCLAIM", KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], "JUSTID")
+    else
+      table.insert(lost, ARGV[i])
+    end
   end
 end
 return lost

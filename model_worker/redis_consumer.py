@@ -16,6 +16,7 @@ import enum
 import logging
 import os
 import socket
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
@@ -54,6 +55,7 @@ _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 _ANNOUNCE_EVERY_S = 2.0
 _CANCEL_CHECK_EVERY_S = 0.2
 _ROOM_CHECK_EVERY_S = 0.05
+_HANDED_BACK_IDLE_MS = 24 * 3600 * 1000  # idle beyond any --claim-idle-ms: the next look takes it
 
 
 def default_consumer_name() -> str:
@@ -107,6 +109,8 @@ class RedisConsumer:
         self._keys = keys or QueueKeys()
         self.consumer = consumer or default_consumer_name()
         self._claim_idle_ms = claim_idle_ms
+        self._claim_every_s = max(0.1, min(5.0, claim_idle_ms / 2000))
+        self._next_claim_at = 0.0
         self._events_ttl_s = events_ttl_s
         self._touch = redis.register_script(TOUCH_SCRIPT)
         self._backlog = redis.register_script(BACKLOG_SCRIPT)
@@ -128,10 +132,8 @@ class RedisConsumer:
         self._metrics = QueueMetrics(metrics)
         self._ready_info = ready_info
         touch_every = max(0.05, self._claim_idle_ms / 3000)
-        claim_every = max(0.1, min(5.0, self._claim_idle_ms / 2000))
         steps: list[tuple[str, Callable[[], Awaitable[None]], float]] = [
             ("pull", self._pull_once, 0.0),
-            ("reclaim", self._reclaim_once, claim_every),
             ("cancel-watch", self._watch_cancels_once, _CANCEL_CHECK_EVERY_S),
             ("touch", self._touch_once, touch_every),
             ("announce", self._announce_once, _ANNOUNCE_EVERY_S),
@@ -185,21 +187,27 @@ class RedisConsumer:
             await asyncio.sleep(pause_s)
 
     async def _pull_once(self) -> None:
+        """Take as many jobs as the batch has room for: first jobs of workers that went quiet (when a
+        look is due), then new ones. One loop does both, so together they never exceed the room."""
         room = await self._wait_for_room()
+        if time.monotonic() >= self._next_claim_at:
+            self._next_claim_at = time.monotonic() + self._claim_every_s
+            room -= await self._reclaim(room)
+            if room <= 0:
+                return
         reply = await self._redis.xreadgroup(self._keys.group, self.consumer, {self._keys.stream: ">"},
-                                             count=room, block=BLOCK_MS)
+                                             count=room, block=min(BLOCK_MS, int(self._claim_every_s * 1000)))
         for _stream, entries in reply or []:
             for entry_id, fields in entries:
                 self._metrics.pulled.inc()
                 self._start_job(entry_id.decode(), fields)
 
-    async def _reclaim_once(self) -> None:
-        room = self._room()
-        if room <= 0 or not self._pulling:
-            return
+    async def _reclaim(self, room: int) -> int:
+        """Claim up to ``room`` jobs idle longer than ``claim_idle_ms``; returns how many were started."""
         _cursor, entries, *_deleted = await self._redis.xautoclaim(
             self._keys.stream, self._keys.group, self.consumer, min_idle_time=self._claim_idle_ms,
             start_id="0-0", count=room)
+        started = 0
         for entry_id, fields in entries:
             entry = entry_id.decode()
             if entry in self._jobs or not fields:
@@ -207,6 +215,8 @@ class RedisConsumer:
             self._metrics.reclaimed.inc()
             log.info("took over job %s from a worker that went quiet", entry)
             self._start_job(entry, fields)
+            started += 1
+        return started
 
     async def _watch_cancels_once(self) -> None:
         jobs = [job for job in self._jobs.values() if job.submitted and not job.cancelled]
@@ -369,8 +379,10 @@ class RedisConsumer:
 
     async def _hand_back(self, job: _Job) -> None:
         """Make an unfinished job look long idle, so another worker claims it at its next look."""
+        if job.lost:
+            return  # another worker owns it already
         await self._redis.xclaim(self._keys.stream, self._keys.group, self.consumer, 0, [job.entry_id],
-                                 idle=self._claim_idle_ms * 10, justid=True)
+                                 idle=_HANDED_BACK_IDLE_MS, justid=True)
         log.info("request %s: handed back to the queue", job.request_id)
 
     # ---- Redis housekeeping -------------------------------------------------------------------

@@ -51,6 +51,7 @@ class SchedulerLimits:
     max_queue: int = 64  # requests waiting (or being prepared) beyond the running batch
     request_timeout_s: float = 600.0  # from submission to the done event
     busy_retry_after_s: float = 5.0  # the hint sent with ``busy``
+    max_tokens_in_flight: int | None = None  # running prompts + their max_new_tokens; None: no limit
 
 
 class Rejected(Exception):
@@ -265,7 +266,8 @@ class Scheduler:
 
     def _admit(self) -> list[Ticket]:
         admitted: list[Ticket] = []
-        while self._waiting and len(self._running) + len(admitted) < self._engine.max_batch_size:
+        while (self._waiting and len(self._running) + len(admitted) < self._engine.max_batch_size
+               and self._fits_in_flight(admitted)):
             ticket = self._waiting.pop()
             ticket.admitted_at = time.monotonic()
             ticket.position = None
@@ -276,6 +278,14 @@ class Scheduler:
             self._running.extend(admitted)
             self._publish_positions()
         return admitted
+
+    def _fits_in_flight(self, admitted: list[Ticket]) -> bool:
+        """Whether the next waiting request fits the tokens-in-flight limit (always, into an empty batch)."""
+        limit = self._limits.max_tokens_in_flight
+        if limit is None or not (self._running or admitted):
+            return True
+        reserved = sum(_reserved_tokens(t) for t in (*self._running, *admitted))
+        return reserved + _reserved_tokens(next(iter(self._waiting))) <= limit
 
     async def _prefill(self, tickets: list[Ticket]) -> None:
         started = time.monotonic()
@@ -400,6 +410,11 @@ class Scheduler:
             self._idle.clear()
         else:
             self._idle.set()
+
+
+def _reserved_tokens(ticket: Ticket) -> int:
+    """Positions a request may occupy: its prompt plus every token it may generate."""
+    return ticket.seq.prompt_tokens + ticket.request.generation.max_new_tokens
 
 
 def _timings(ticket: Ticket, now: float) -> dict[str, float]:

@@ -86,13 +86,14 @@ async def readyz(request: web.Request) -> web.Response:
     """200 with model info once the model is loaded; 503 with loading progress before that."""
     state = request.app[STATE]
     if state.scheduler is None or not state.accepting:
-        progress = state.progress if state.accepting else "shutting down"
-        info = ReadyInfo(ready=False, progress=progress)
-        return web.Response(status=503, text=info.model_dump_json(exclude_none=True),
-                            content_type="application/json")
-    info = ReadyInfo(ready=True, queue_depth=state.scheduler.queue_depth,
-                     running=state.scheduler.running_count, **state.model_info)
-    return web.Response(text=info.model_dump_json(exclude_none=True), content_type="application/json")
+        status = 503
+        info = ReadyInfo(ready=False, progress=state.progress if state.accepting else "shutting down")
+    else:
+        status = 200
+        info = ReadyInfo(ready=True, queue_depth=state.scheduler.queue_depth,
+                         running=state.scheduler.running_count, **state.model_info)
+    return web.Response(status=status, text=info.model_dump_json(exclude_none=True),
+                        content_type="application/json")
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -113,7 +114,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         ticket = state.scheduler.submit(chat_request)
     except Rejected as rejected:
         return error_response(_STATUS_OF_REJECTION.get(rejected.event.code, 503), rejected.event)
-    response = web.StreamResponse(headers={"Content-Type": NDJSON, "X-Request-Id": ticket.request_id})
+    response = web.StreamResponse(headers={"Content-Type": NDJSON})
     try:
         await response.prepare(request)
         async for event in ticket.events():

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from model_worker.engine_api import Engine
+from model_worker.engine_options import EngineOptions
 from model_worker.protocol import ReadyInfo
 from model_worker.scheduler import Scheduler, SchedulerLimits
 from model_worker.server import WorkerState, create_app
@@ -47,6 +48,7 @@ class ServeConfig:
     device: str = "auto"
     dtype: str = "auto"
     max_batch_size: int = 8
+    engine_options: EngineOptions = EngineOptions()  # cache bounds, compile (the batched engine)
     limits: SchedulerLimits = SchedulerLimits()
     max_body_bytes: int = 64 * 2**20
     shutdown_grace_s: float = 30.0
@@ -66,8 +68,11 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_bind(config: ServeConfig) -> None:
-    """Refuse a bind reachable from other machines unless a bearer token protects it."""
+def check_config(config: ServeConfig) -> None:
+    """Refuse a missing weights directory, and a bind reachable from other machines without a token."""
+    if not config.weights.is_dir():
+        raise ServeError(f"the weights directory {config.weights} does not exist (python -m model_worker "
+                         "download --dest DIR fetches the weights; make-tiny writes test weights)")
     if config.host is not None and not is_loopback(config.host) and not config.token:
         raise ServeError(f"refusing to listen on {config.host}, which other machines can reach, without a "
                          "bearer token: set WORKER_TOKEN (or --token-env NAME), or bind to 127.0.0.1")
@@ -75,7 +80,7 @@ def check_bind(config: ServeConfig) -> None:
 
 async def serve(config: ServeConfig) -> int:
     """Run the worker until SIGTERM/SIGINT; returns the process exit status."""
-    check_bind(config)
+    check_config(config)
     state = WorkerState(max_body_bytes=config.max_body_bytes)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
     runner = web.AppRunner(create_app(state, token=config.token), handler_cancellation=True,
@@ -183,6 +188,7 @@ async def _load(state: WorkerState, config: ServeConfig, executor: ThreadPoolExe
                 consumer: RedisConsumer | None) -> None:
     loop = asyncio.get_running_loop()
     engine = await loop.run_in_executor(executor, _load_engine, config, state.set_progress)
+    state.metrics.watch_engine(engine)
     scheduler = Scheduler(engine, executor=executor, metrics=state.metrics, limits=config.limits)
     scheduler.start()
     state.model_info = _model_info(engine, config)
@@ -211,7 +217,7 @@ def _load_engine(config: ServeConfig, progress: Callable[[str], None]) -> Engine
     progress(f"loading the weights from {config.weights}")
 
     return load_engine(config.weights, device=config.device, dtype=config.dtype,
-                       max_batch_size=config.max_batch_size, progress=progress)
+                       max_batch_size=config.max_batch_size, progress=progress, options=config.engine_options)
 
 
 def _model_info(engine: Engine, config: ServeConfig) -> dict[str, object]:

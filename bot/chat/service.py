@@ -56,16 +56,20 @@ from model_worker.protocol import (
     StartedEvent,
     TokenEvent,
     Turn,
+    Usage,
 )
 
 log = logging.getLogger(__name__)
 
 MAX_TURNS_SENT = 512  # the protocol's limit; the worker itself drops the oldest turns that do not fit
+#: Raw image bytes per request (base64 adds a third): stays under the worker's default 64 MB body cap.
+MAX_REQUEST_IMAGE_BYTES = 40_000_000
 
 
-@dataclass(frozen=True)
+@dataclass
 class _InFlight:
     author_id: str
+    stop_requested: bool = False
 
 
 @dataclass
@@ -93,8 +97,10 @@ class _Ask:
 class ChatService:
     """Turns incoming messages into reply events; shared by every adapter (see the module docstring)."""
 
-    def __init__(self, *, settings: Settings, store: Store, worker: WorkerClient) -> None:
+    def __init__(self, *, settings: Settings, store: Store, worker: WorkerClient,
+                 max_request_image_bytes: int = MAX_REQUEST_IMAGE_BYTES) -> None:
         self._settings = settings
+        self._max_request_image_bytes = max_request_image_bytes
         self._store = store
         self._worker = worker
         self._access = AccessPolicy(settings)
@@ -103,6 +109,7 @@ class ChatService:
         self._image_limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels,
                                          settings.max_image_side)
         self._in_flight: dict[str, _InFlight] = {}
+        self._cleanups: set[asyncio.Task] = set()  # cancellations of abandoned requests still running
         store.configure_retention(max_age_days=settings.image_retention_days,
                                   max_total_bytes=settings.image_retention_bytes)
 
@@ -177,6 +184,7 @@ class ChatService:
             log.info("user %s may not stop request %s", user_id, request_id)
             return False
         log.info("request %s stopped by user %s", request_id, user_id)
+        running.stop_requested = True
         await self._worker.cancel(request_id)
         return True
 
@@ -272,12 +280,25 @@ class ChatService:
         missing = set(hashes) - images.keys()
         if missing:
             log.warning("conversation %d: %d image(s) past retention are left out", conversation_id, len(missing))
-        conversation = [
-            Turn(role=turn.role, text=turn.text,
-                 images=[ImageRef.from_bytes(images[sha]) for sha in turn.image_hashes if sha in images])
-            for turn in turns
-        ]
+        sent = self._images_within_budget([[images.get(sha) for sha in turn.image_hashes] for turn in turns])
+        if sum(map(len, sent)) < len(hashes) - len(missing):
+            log.warning("conversation %d: the oldest images are left out to keep the request under %d bytes",
+                        conversation_id, self._max_request_image_bytes)
+        conversation = [Turn(role=turn.role, text=turn.text, images=[ImageRef.from_bytes(data) for data in datas])
+                        for turn, datas in zip(turns, sent, strict=True)]
         return ChatRequest(user=user_key, conversation=conversation, generation=self._generation())
+
+    def _images_within_budget(self, per_turn: list[list[bytes | None]]) -> list[list[bytes]]:
+        """Each turn's images, newest first into the byte budget; the newest turn's are always kept."""
+        budget = self._max_request_image_bytes
+        kept: list[list[bytes]] = []
+        for index, datas in enumerate(reversed(per_turn)):
+            held = [data for data in datas if data is not None]
+            size = sum(map(len, held))
+            keep = index == 0 or size <= budget
+            budget -= size if keep else 0
+            kept.append(held if keep else [])
+        return kept[::-1]
 
     def _generation(self) -> GenerationParams:
         s = self._settings
@@ -292,12 +313,16 @@ class ChatService:
         log.info("request %s: %s, %d turn(s), %d image(s)", request_id, ask.user_key,
                  len(request.conversation), sum(len(turn.images) for turn in request.conversation))
         outcome = _Outcome(placeholder=t("placeholder_waiting", ask.lang))
-        yield Placeholder(request_id, outcome.placeholder)
-        self._in_flight[request_id] = _InFlight(ask.message.author_id)
+        running = self._in_flight[request_id] = _InFlight(ask.message.author_id)
         try:
-            async with aclosing(self._stream(request, ask, outcome)) as replies:
-                async for reply in replies:
-                    yield reply
+            yield Placeholder(request_id, outcome.placeholder)
+            if running.stop_requested:  # Stop was pressed before the request reached the worker
+                outcome.done = DoneEvent(text="", finish_reason=FinishReason.CANCELLED,
+                                         usage=Usage(prompt_tokens=0, completion_tokens=0))
+            else:
+                async with aclosing(self._stream(request, ask, outcome)) as replies:
+                    async for reply in replies:
+                        yield reply
         except WorkerError as exc:
             outcome.error = exc
         except Exception as exc:  # every failure becomes a localised message in _finish
@@ -306,10 +331,8 @@ class ChatService:
         finally:
             self._in_flight.pop(request_id, None)
             if outcome.done is None and outcome.error is None:
-                await self._cancel_abandoned(request_id, turn_id)
-        async with aclosing(self._finish(request_id, ask, outcome, conversation_id, turn_id)) as replies:
-            async for reply in replies:
-                yield reply
+                self._cancel_abandoned(request_id, turn_id)
+        yield await self._finish(request_id, ask, outcome, conversation_id, turn_id)
 
     async def _stream(self, request: ChatRequest, ask: _Ask, outcome: _Outcome) -> AsyncIterator[Reply]:
         pacer = EditPacer(ask.profile.edit_interval_s)
@@ -347,37 +370,46 @@ class ChatService:
         return Placeholder(request_id, text, position)
 
     async def _finish(self, request_id: str, ask: _Ask, outcome: _Outcome, conversation_id: int,
-                      turn_id: int) -> AsyncIterator[Reply]:
+                      turn_id: int) -> Failed | Final:
         if outcome.error is not None or outcome.done is None:
             await self._store.set_turn_status(turn_id, "failed")
             code, text = failure_text(outcome.error or RuntimeError("stream ended early"), ask.lang)
             log.warning("request %s failed (%s): %r", request_id, code, outcome.error)
-            yield Failed(request_id, text, code)
-            return
+            return Failed(request_id, text, code)
         done = outcome.done
         if done.finish_reason == FinishReason.CANCELLED:
             await self._store.set_turn_status(turn_id, "cancelled")
             shown = f"{done.text.rstrip()}\n\n{t('cancelled_suffix', ask.lang)}".strip()
             log.info("request %s cancelled after %d token(s)", request_id, done.usage.completion_tokens)
-            yield Final(request_id, self._parts(shown, ask.profile), cancelled=True)
-            return
+            return Final(request_id, self._parts(shown, ask.profile), cancelled=True)
         await self._store.add_turn(conversation_id, role="assistant", text=done.text, status="complete",
                                    request_id=request_id)
         await self._store.set_turn_status(turn_id, "answered")
         log.info("request %s done (%s, %d+%d tokens)", request_id, done.finish_reason,
                  done.usage.prompt_tokens, done.usage.completion_tokens)
-        yield Final(request_id, self._parts(done.text if done.text.strip() else t("empty_answer", ask.lang),
-                                            ask.profile))
         await self._store.prune_images()
+        shown = done.text if done.text.strip() else t("empty_answer", ask.lang)
+        return Final(request_id, self._parts(shown, ask.profile))
 
-    async def _cancel_abandoned(self, request_id: str, turn_id: int) -> None:
-        """The adapter stopped listening (or the task was cancelled): do not leave the GPU working."""
+    def _cancel_abandoned(self, request_id: str, turn_id: int) -> None:
+        """The adapter stopped listening (or its task was cancelled): stop the worker in the background,
+        so that the adapter's task ends at once (shutdown) while the GPU is not left working."""
         log.info("request %s abandoned by its adapter; cancelling", request_id)
+        task = asyncio.get_running_loop().create_task(self._cleanup_abandoned(request_id, turn_id))
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+
+    async def _cleanup_abandoned(self, request_id: str, turn_id: int) -> None:
         try:
-            await asyncio.shield(self._worker.cancel(request_id))
-            await asyncio.shield(self._store.set_turn_status(turn_id, "cancelled"))
-        except Exception as exc:  # best effort; the worker's deadline covers the rest
-            log.warning("could not cancel abandoned request %s: %r", request_id, exc)
+            await self._worker.cancel(request_id)
+            await self._store.set_turn_status(turn_id, "cancelled")
+        except Exception as exc:  # best effort (the store may be closing); the worker's deadline covers the rest
+            log.info("cleanup of abandoned request %s incomplete: %r", request_id, exc)
+
+    async def wait_for_cleanups(self) -> None:
+        """Wait until the cancellations of abandoned requests are done (tests, orderly shutdown)."""
+        if self._cleanups:
+            await asyncio.gather(*self._cleanups, return_exceptions=True)
 
     @staticmethod
     def _parts(text: str, profile: PlatformProfile) -> tuple[str, ...]:

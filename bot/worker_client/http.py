@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from urllib.parse import quote
 
 import aiohttp
 from pydantic import ValidationError
@@ -71,8 +72,8 @@ class HttpWorkerClient:
     async def cancel(self, request_id: str) -> None:
         """Ask the worker to stop a request; a no-op when it already ended or the worker is gone."""
         try:
-            response = await self._send("DELETE", f"/v1/requests/{request_id}", headers=self._headers,
-                                        attempts=1)
+            response = await self._send("DELETE", f"/v1/requests/{quote(request_id, safe='')}",
+                                        headers=self._headers, attempts=1)
         except WorkerUnavailable:
             log.warning("could not reach the worker to cancel request %s", request_id)
             return

@@ -78,6 +78,9 @@ class RedisWorkerClient:
         self._withdraw = self._redis.register_script(WITHDRAW_SCRIPT)
         self._backlog = self._redis.register_script(BACKLOG_SCRIPT)
         self._entries: dict[str, str] = {}  # request id -> its job's entry id, while this client waits
+        # Jobs given up while Redis was unreachable (request id -> entry id): cancelled once it answers,
+        # so that a Redis that kept its data (AOF) does not have them answered for nobody.
+        self._abandoned: dict[str, str | None] = {}
 
     # ---- WorkerClient -------------------------------------------------------------------------
 
@@ -97,14 +100,7 @@ class RedisWorkerClient:
         """Stop the job wherever it is: taken back from the queue if no worker has it yet, otherwise
         flagged so the worker running it stops at its next step (it then sends ``done``/cancelled).
         A no-op when the job already ended or Redis cannot be reached."""
-        keys = self._keys
-        try:
-            await self._redis.set(keys.cancel(request_id), 1, ex=self._events_ttl_s)
-            entry_id = self._entries.get(request_id)
-            if entry_id and await self._withdraw(keys=[keys.stream], args=[keys.group, entry_id]):
-                await self._publish_own_cancel(request_id)
-        except RedisError as exc:
-            log.warning("could not cancel request %s: %s", request_id, type(exc).__name__)
+        await self._cancel(request_id, self._entries.get(request_id))
 
     async def ready(self) -> ReadyInfo:
         """Ready when at least one worker that is ready is connected to the queue."""
@@ -129,6 +125,9 @@ class RedisWorkerClient:
 
     async def _chat(self, request: ChatRequest) -> AsyncIterator[Event]:
         rid = request.request_id
+        for abandoned_rid, abandoned_entry in list(self._abandoned.items()):
+            if not await self._cancel(abandoned_rid, abandoned_entry):
+                break
         job = await self._store_images(request)
         entry_id, position = await self._submit(job)
         self._entries[rid] = entry_id
@@ -232,6 +231,21 @@ class RedisWorkerClient:
         if now == 0:
             return True, position, False
         return False, now, now != position
+
+    async def _cancel(self, rid: str, entry_id: str | None) -> bool:
+        """Flag the job cancelled and withdraw it if no worker has it; False when Redis did not answer
+        (the job is then remembered and cancelled at the next request)."""
+        keys = self._keys
+        try:
+            await self._redis.set(keys.cancel(rid), 1, ex=self._events_ttl_s)
+            if entry_id and await self._withdraw(keys=[keys.stream], args=[keys.group, entry_id]):
+                await self._publish_own_cancel(rid)
+        except RedisError as exc:
+            log.warning("could not cancel request %s: %s", rid, type(exc).__name__)
+            self._abandoned[rid] = entry_id
+            return False
+        self._abandoned.pop(rid, None)
+        return True
 
     async def _publish_own_cancel(self, rid: str) -> None:
         """A job withdrawn before any worker took it gets its ``done`` from here (no worker will)."""

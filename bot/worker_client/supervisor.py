@@ -43,7 +43,6 @@ class WorkerSupervisor:
         self._process: asyncio.subprocess.Process | None = None
         self._ready = False
         self._changed = asyncio.Condition()  # notified when readiness or the restart count changes
-        self._stopping = False
         self._watcher: asyncio.Task[None] | None = None
         self.client = HttpWorkerClient(f"unix:{socket_path}")
         self.restarts = 0
@@ -64,7 +63,6 @@ class WorkerSupervisor:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        self._stopping = True
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -104,7 +102,10 @@ class WorkerSupervisor:
             log.warning("the model worker exited with status %s; restarting in %.1f s", code, backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, _MAX_BACKOFF_S)
-            await self._start()
+            try:
+                await self._start()
+            except OSError as exc:  # the next round waits longer and tries again
+                log.error("could not start the model worker: %s", exc)
             await self._set_state(ready=False, restarted=True)
 
     async def _watch_one_life(self) -> int | None:

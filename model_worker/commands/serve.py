@@ -9,6 +9,11 @@ import os
 import sys
 from pathlib import Path
 
+from model_worker.commands.throughput_flags import (
+    add_throughput_arguments,
+    engine_options_from_args,
+    max_tokens_in_flight,
+)
 from model_worker.scheduler import SchedulerLimits
 from model_worker.serving import ServeConfig, ServeError, serve
 
@@ -49,6 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--parent-pid", type=int, metavar="PID",
                         help="stop when this process exits (the bot passes its own pid when it supervises)")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    add_throughput_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,7 +79,9 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         device=args.device,
         dtype=args.dtype,
         max_batch_size=args.max_batch_size,
-        limits=SchedulerLimits(max_queue=args.max_queue, request_timeout_s=args.request_timeout),
+        limits=SchedulerLimits(max_queue=args.max_queue, request_timeout_s=args.request_timeout,
+                               max_tokens_in_flight=max_tokens_in_flight(args)),
+        engine_options=engine_options_from_args(args),
         max_body_bytes=int(args.max_body_mb * 2**20),
         shutdown_grace_s=args.shutdown_grace,
         parent_pid=args.parent_pid,

@@ -82,9 +82,20 @@ def _reachable(host: str, port: int, timeout: float) -> bool:
         return False
 
 
+def _via_proxy(host: str, port: int) -> tuple[str, int]:
+    """The proxy that urllib and huggingface_hub would connect to for this host, if any."""
+    if urllib.request.proxy_bypass(host):
+        return host, port
+    proxy = urllib.request.getproxies().get("https" if port == 443 else "http")
+    if not proxy:
+        return host, port
+    parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    return parts.hostname or host, parts.port or 8080
+
+
 def check_network(files: list[UrlFile | HubFile], *, hub_endpoint: str, timeout: float) -> None:
     """Fail at once, naming every missing file and its source, when a needed host cannot be reached."""
-    hosts = {_host_of(f, hub_endpoint) for f in files}
+    hosts = {_via_proxy(*_host_of(f, hub_endpoint)) for f in files}
     down = sorted(f"{h}:{p}" for h, p in hosts if not _reachable(h, p, timeout))
     if down:
         listing = "\n".join(f"  {f.dest}  <-  {f.where()}" for f in files)

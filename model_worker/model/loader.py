@@ -91,7 +91,10 @@ def load_model(weights: Path, *, device: str = "auto", dtype: str = "auto", use_
     report = progress or (lambda message: log.info("loading: %s", message))
     if not weights.is_dir():
         raise WeightsError(f"weights directory {weights} does not exist (python -m model_worker download)")
-    arch = load_arch(weights)
+    try:
+        arch = load_arch(weights)
+    except ValueError as exc:
+        raise WeightsError(f"bad arch.json in {weights}: {exc}") from exc
     llm_config = read_llm_config(weights / LLM_DIR)
     model = build_empty_model(arch, llm_config)
     tensors, source = _load_tensors(weights, model, use_cache=use_cache, cache_dir=cache_dir, progress=report)

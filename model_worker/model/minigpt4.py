@@ -101,6 +101,11 @@ def place_model(model: MiniGPT4, *, device: torch.device, dtype: torch.dtype) ->
     if device.type == "cpu" or dtype == torch.float32:
         model.autocast_dtype = None
         return model.to(device=device, dtype=torch.float32)
+    return place_mixed_precision(model, device=device, dtype=dtype)
+
+
+def place_mixed_precision(model: MiniGPT4, *, device: torch.device, dtype: torch.dtype) -> MiniGPT4:
+    """The reference's mixed precision (LAVIS ``convert_weights_to_fp16`` on the ViT, fp16 LLM, autocast)."""
     for name, child in model.named_children():
         child.to(device=device, dtype=dtype if name == "llm" else torch.float32)
     model.query_tokens.data = model.query_tokens.data.to(device=device, dtype=torch.float32)

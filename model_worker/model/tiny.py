@@ -78,14 +78,21 @@ def _tokenizer_config() -> dict:
             "mask_token": "[MASK]", "extra_ids": 0, "additional_special_tokens": [], "model_max_length": 2048}
 
 
+def _random_tensor(name: str, shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
+    """Scaled like a trained network (unit-variance activations), so outputs depend on every input."""
+    noise = torch.randn(shape, generator=generator)
+    is_norm = any(part in name for part in (".norm", "LayerNorm", "layernorm", "ln_vision", "_layernorm"))
+    if is_norm:
+        return 1.0 + 0.1 * noise if name.endswith("weight") else 0.1 * noise
+    if len(shape) >= 2 and name.endswith("weight") and "embed_in" not in name:
+        fan_in = shape[1:].numel()
+        return noise / fan_in**0.5
+    return 0.5 * noise if len(shape) >= 2 else 0.1 * noise  # embeddings, tokens, positions; biases
+
+
 def _random_state(model: MiniGPT4, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """Every tensor random (norm scales around 1), so a swapped or missed tensor changes the output."""
-    state = {}
-    for name, tensor in model.state_dict().items():
-        noise = torch.randn(tensor.shape, generator=generator)
-        is_norm = ".norm" in name or "LayerNorm" in name or "layernorm" in name or "ln_vision" in name or "_layernorm" in name
-        state[name] = 1.0 + 0.1 * noise if is_norm and name.endswith("weight") else 0.05 * noise
-    return state
+    return {name: _random_tensor(name, t.shape, generator) for name, t in model.state_dict().items()}
 
 
 def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -53,12 +53,14 @@ class ChatHarness:
     worker: RecordingClient | None = None
     service: ChatService | None = None
     requests: list[ChatRequest] = field(default_factory=list)
+    service_options: dict[str, object] = field(default_factory=dict)
 
     async def start(self) -> ChatHarness:
         self.store = await Store.open(self.settings.database_path)
         self.worker = RecordingClient(self.worker_client_factory())
         self.worker.requests = self.requests  # one record across restarts
-        self.service = ChatService(settings=self.settings, store=self.store, worker=self.worker)
+        self.service = ChatService(settings=self.settings, store=self.store, worker=self.worker,
+                                   **self.service_options)
         return self
 
     async def stop(self) -> None:
@@ -84,9 +86,9 @@ async def harness_factory(tmp_path: Path, worker):
     """Build harnesses on the session's real worker; each is stopped at the end of the test."""
     started: list[ChatHarness] = []
 
-    async def build(client_factory=None, **settings: object) -> ChatHarness:
+    async def build(client_factory=None, service_options: dict | None = None, **settings: object) -> ChatHarness:
         harness = ChatHarness(make_settings(tmp_path / f"data{len(started)}", **settings),
-                              client_factory or worker.client)
+                              client_factory or worker.client, service_options=service_options or {})
         started.append(harness)
         return await harness.start()
 

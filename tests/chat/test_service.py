@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bot.chat.conversations import conversation_key
 from bot.chat.i18n import t
+from bot.chat.images import ImageLimits, normalise_image
 from bot.chat.messages import Failed, Final, Notice, OpenThread, Placeholder, Reply, Streaming
 from bot.chat.splitting import prepare_parts
 from tests.chat import hostile_images as h
@@ -245,6 +246,7 @@ async def test_an_abandoned_answer_is_cancelled_and_frees_the_users_slot(harness
         if isinstance(reply, Streaming):
             break
     await replies.aclose()  # the adapter went away (shutdown, lost connection)
+    await harness.service.wait_for_cleanups()
     turns = await harness.store.list_turns((await harness.store.find_conversation(conversation_key(message))).id)
     assert [(turn.role, turn.status) for turn in turns] == [("user", "cancelled")]
     harness.settings.max_new_tokens = 4  # settings are read per request
@@ -262,3 +264,28 @@ async def test_an_unexpected_failure_still_ends_with_a_localised_message(harness
 async def test_an_empty_mention_gets_a_hint_and_no_thread(harness: ChatHarness) -> None:
     assert await harness.send(discord_mention("  ")) == [Notice(t("empty_message", "en"))]
     assert harness.requests == []
+
+
+async def test_stop_pressed_on_the_placeholder_stops_before_the_worker_runs(harness: ChatHarness) -> None:
+    message = dm("discord", "Never mind")
+    replies: list[Reply] = []
+    async for reply in harness.service.handle(message, DISCORD_PROFILE):
+        replies.append(reply)
+        if isinstance(reply, Placeholder):
+            assert await harness.service.cancel(reply.request_id, user_id=message.author_id)
+    assert kinds(replies) == ["Placeholder", "Final"] and final(replies).cancelled
+    assert final(replies).parts == (t("cancelled_suffix", "en"),)
+    assert harness.requests == []
+
+
+async def test_old_images_give_way_when_a_request_would_grow_too_large(harness_factory) -> None:
+    first_png, second_png = h.photo_jpeg((64, 48)), h.animated_gif()
+    limits = ImageLimits(max_bytes=10**7, max_pixels=10**7, max_side=2048)
+    sizes = [len(normalise_image(data, limits).png) for data in (first_png, second_png)]
+    harness = await harness_factory(service_options={"max_request_image_bytes": max(sizes)})
+    await harness.send(dm("discord", "first picture", attachments=(attachment(first_png, "a.jpg"),)))
+    await harness.send(dm("discord", "second picture", attachments=(attachment(second_png, "b.gif"),)))
+    await harness.send(dm("discord", "compare them"))
+    sent = [[len(turn.images) for turn in request.conversation] for request in harness.requests]
+    assert sent[0] == [1]  # the newest image always goes; older ones only while the budget lasts
+    assert sent[1] == [0, 0, 1] and sent[2] == [0, 0, 1, 0, 0]

@@ -14,6 +14,7 @@ from tests.discord.harness import (
     sends_and_edits,
     settled_answer,
 )
+from tests.fakes.discord_fake import FakeDiscord
 
 PACED_S = 0.9  # the adapter edits each message at most about once per second
 
@@ -66,7 +67,7 @@ async def test_reset_and_help_commands(fake_discord, recording_worker, tmp_path)
         callbacks = await fake.wait_until(
             lambda: len(c := fake.requests_to("POST", r"/interactions/\d+/[^/]+/callback")) == 2 and c)
         await fake.post_user_message("Start again", mention_bot=True, channel_id=thread_id)
-        await fake.wait_until(lambda: len(worker.answers) == 2)
+        await fake.wait_until(lambda: len(worker.answers) == 2 and settled_answer(fake, thread_id))
 
     by_text = {c.body["data"]["content"]: c.body["data"] for c in callbacks}
     reset = by_text[t("reset_done", "en")]
@@ -97,3 +98,18 @@ async def test_stop_button_cancels_a_running_answer(fake_discord, recording_work
     assert accepted.body["type"] == 6, "a deferred update: the answer's last edit removes the button"
     assert final[-1].endswith(t("cancelled_suffix", "en"))
     assert worker.answers[0].finish_reason == "cancelled"
+
+
+async def test_a_japanese_server_gets_japanese_labels(recording_worker, tmp_path):
+    fake = await FakeDiscord(guild_locale="ja").start()
+    try:
+        async with running_bot(fake, recording_worker, tmp_path):
+            question = await fake.post_user_message("この写真は何ですか？", mention_bot=True)
+            thread_id = int(question["id"])
+            await fake.wait_until(lambda: recording_worker.answers and settled_answer(fake, thread_id))
+    finally:
+        await fake.stop()
+
+    [placeholder, *_] = fake.requests_to("POST", rf"/channels/{thread_id}/messages")
+    assert placeholder.body["content"] == t("placeholder_waiting", "ja")
+    assert placeholder.body["components"][0]["components"][0]["label"] == t("stop_button", "ja")

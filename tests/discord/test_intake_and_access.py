@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from bot.chat.failures import not_allowed_text, rejected_image_text
 from bot.chat.images import Rejected
+from bot.chat.splitting import prepare_parts
 from tests.discord.harness import png_bytes, running_bot, settled_answer
 
 MAX_IMAGE_BYTES = 1_000_000
@@ -65,17 +66,23 @@ async def test_mentioning_the_bots_role_counts_as_a_mention(fake_discord, record
     assert worker.requests[0].conversation[-1].text == "Hello via the role"
 
 
-async def test_direct_messages_are_answered_in_place_only_when_enabled(fake_discord, recording_worker, tmp_path):
+async def test_direct_messages_are_answered_in_place(fake_discord, recording_worker, tmp_path):
+    fake, worker = fake_discord, recording_worker
+    async with running_bot(fake, worker, tmp_path, discord_allow_dms=True):
+        await fake.post_user_message("Hi in private", channel_id=fake.dm_channel_id)  # no mention needed
+        shown = await fake.wait_until(lambda: worker.answers and settled_answer(fake, fake.dm_channel_id))
+
+    assert shown == list(prepare_parts(worker.answers[0].text, limit=2000, markup="discord"))
+    assert not fake.requests_to("POST", r"/channels/\d+/messages/\d+/threads"), "no threads in DMs"
+    assert worker.requests[0].conversation[-1].text == "Hi in private"
+
+
+async def test_direct_messages_are_ignored_when_disabled(fake_discord, recording_worker, tmp_path):
     fake, worker = fake_discord, recording_worker
     async with running_bot(fake, worker, tmp_path, discord_allow_dms=False):
         await fake.post_user_message("Hi in private", channel_id=fake.dm_channel_id)
-        await fake.post_user_message("Hello in the channel", mention_bot=True)  # answered: DMs come first
-        await fake.wait_until(lambda: worker.answers)
-    assert fake.bot_messages(fake.dm_channel_id) == []
+        question = await fake.post_user_message("Hello in the channel", mention_bot=True)  # comes after the DM
+        await fake.wait_until(lambda: worker.answers and settled_answer(fake, int(question["id"])))
 
-    async with running_bot(fake, worker, tmp_path / "enabled", discord_allow_dms=True):
-        await fake.post_user_message("Hi in private", channel_id=fake.dm_channel_id)
-        shown = await fake.wait_until(lambda: len(worker.answers) == 2 and settled_answer(fake, fake.dm_channel_id))
-    assert not fake.requests_to("POST", rf"/channels/{fake.dm_channel_id}/messages/\d+/threads")
-    assert worker.requests[1].conversation[-1].text == "Hi in private"
-    assert shown
+    assert fake.bot_messages(fake.dm_channel_id) == []
+    assert [request.conversation[-1].text for request in worker.requests] == ["Hello in the channel"]

@@ -16,7 +16,7 @@ from bot.chat.service import ChatService
 from bot.chat.store import Store
 from bot.settings import Settings
 from bot.worker_client.http import HttpWorkerClient
-from tests.discord.harness import discord_settings
+from tests.discord.harness import discord_settings, running_bot
 from tests.fakes.discord_fake import FakeDiscord
 
 
@@ -85,3 +85,15 @@ async def test_missing_message_content_intent_gives_a_clear_message(tmp_path, ca
         await fake.stop()
     assert fake.identify is not None
     assert INTENT_MISSING in caplog.text
+
+
+async def test_stopping_mid_answer_cancels_the_handlers_cleanly(fake_discord, recording_worker, tmp_path, caplog):
+    fake = fake_discord
+    async with running_bot(fake, recording_worker, tmp_path, max_new_tokens=1536):
+        question = await fake.post_user_message("Tell me a very long story", mention_bot=True)
+        await fake.wait_until(lambda: fake.bot_messages(int(question["id"])))
+    await asyncio.sleep(0.2)
+
+    handlers = [task for task in asyncio.all_tasks() if task.get_name().startswith("discord.py")]
+    assert all(task.done() for task in handlers)
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]

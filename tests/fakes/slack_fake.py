@@ -273,3 +273,20 @@ def command_envelope(fake: FakeSlack, *, text: str, user: str, channel: str) -> 
             "response_url": fake.response_url(), "trigger_id": "trigger-1",
         },
     }
+
+
+def action_envelope(fake: FakeSlack, *, action_id: str, value: str, user: str, channel: str,
+                    message_ts: str, thread_ts: str | None = None) -> dict[str, Any]:
+    """A Socket Mode ``interactive`` envelope: ``user`` clicked a button on the bot's message."""
+    return {
+        "envelope_id": f"env-act-{next(fake._ids)}", "type": "interactive", "accepts_response_payload": False,
+        "payload": {
+            "type": "block_actions", "team": {"id": TEAM_ID}, "user": {"id": user, "team_id": TEAM_ID},
+            "api_app_id": APP_ID, "token": "legacy-verification-token", "trigger_id": "trigger-2",
+            "container": {"type": "message", "message_ts": message_ts, "channel_id": channel},
+            "channel": {"id": channel}, "response_url": fake.response_url("a1"),
+            "message": {"ts": message_ts, "thread_ts": thread_ts, "user": BOT_USER_ID, "bot_id": BOT_ID},
+            "actions": [{"type": "button", "action_id": action_id, "block_id": "b1", "value": value,
+                         "action_ts": "1700000001.000001"}],
+        },
+    }

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 
 import torch
 from safetensors import safe_open
 
+from model_worker.__main__ import main
 from model_worker.model.bundle import BUNDLE_FILE, LOCAL_CACHE_DIR
 from model_worker.model.loader import load_model
 
@@ -53,10 +51,7 @@ def test_changed_source_invalidates_the_bundle(weights_copy):
 
 def test_convert_command_writes_a_loadable_weights_dir(weights_copy, tmp_path):
     out = tmp_path / "bundle"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "model_worker", "convert", "--weights", str(weights_copy),
-                             "--out", str(out)], capture_output=True, text=True, env=env, timeout=120)
-    assert result.returncode == 0, result.stderr
+    assert main(["convert", "--weights", str(weights_copy), "--out", str(out)]) == 0
     assert (out / BUNDLE_FILE).is_file() and (out / "gpt-neox" / "spiece.model").is_file()
     from_bundle = load_model(out, device="cpu")
     from_sources = load_model(weights_copy, device="cpu", use_cache=False)

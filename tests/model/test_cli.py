@@ -12,7 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
+from model_worker.__main__ import main
 from model_worker.model.preprocess import decode_image, preprocess_images
+from model_worker.model.prompt import build_prompt, tokenize_prompt
+from model_worker.protocol import Turn
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -42,13 +45,9 @@ def test_generate_json_one_image(tiny_weights, images):
     # prompt: "ユーザー: <Img>" + 4 image rows + "</Img> What can you see?\nシステム: "
     assert out["prompt_tokens"] > 4 and out["finish_reason"] in ("stop", "length")
     assert {"load_s", "prefill_s", "decode_s", "total_s"} <= set(out["timings"])
-    again = json.loads(cli("generate", "--weights", str(tiny_weights), "--image", str(images[0]), "--prompt",
-                           "What can you see?", "--greedy", "--max-new-tokens", "12", "--device", "cpu",
-                           "--json").stdout)
-    assert again["token_ids"] == out["token_ids"] and again["text"] == out["text"]
 
 
-def test_generate_json_multi_turn_multi_image(tiny_weights, images, tmp_path):
+def test_generate_json_multi_turn_multi_image(tiny_weights, images, tmp_path, loaded):
     conversation = [
         {"role": "user", "text": "What can you see?", "images": [str(images[0]), str(images[1])]},
         {"role": "assistant", "text": "a cat on a table with a laptop"},
@@ -62,24 +61,30 @@ def test_generate_json_multi_turn_multi_image(tiny_weights, images, tmp_path):
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert len(out["token_ids"]) <= 10 and out["seed"] == 5
-    single = json.loads(cli("generate", "--weights", str(tiny_weights), "--prompt", "x", "--max-new-tokens", "1",
-                            "--json").stdout)
-    assert out["prompt_tokens"] > single["prompt_tokens"] + 3 * 4  # three images of 4 query rows each
+    turns = [Turn(role=t["role"], text=t["text"]) for t in conversation]
+    text_only = tokenize_prompt(build_prompt(turns), loaded.tokenizer, num_queries=4).length
+    with_markup = [Turn(role="user", text="<Img></Img> <Img></Img> " + turns[0].text), turns[1],
+                   Turn(role="user", text="<Img></Img> " + turns[2].text)]
+    markup = tokenize_prompt(build_prompt(with_markup), loaded.tokenizer, num_queries=4).length
+    assert out["prompt_tokens"] > text_only and out["prompt_tokens"] >= markup - 3 + 3 * 4  # 3 images x 4 rows
 
 
-def test_generate_reports_bad_input_without_traceback(tiny_weights, tmp_path):
+def test_generate_reports_bad_input_cleanly(tiny_weights, tmp_path, capsys):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
-    result = cli("generate", "--weights", str(tiny_weights), "--image", str(bad), "--prompt", "hi", "--json")
-    assert result.returncode == 2 and "bad_image" in result.stderr and "Traceback" not in result.stderr
-    result = cli("generate", "--weights", str(tmp_path / "nowhere"), "--prompt", "hi")
-    assert result.returncode == 1 and "does not exist" in result.stderr and "Traceback" not in result.stderr
+    assert main(["generate", "--weights", str(tiny_weights), "--image", str(bad), "--prompt", "hi", "--json"]) == 2
+    assert "error (bad_image): image 1 could not be decoded" in capsys.readouterr().err
+    assert main(["generate", "--weights", str(tmp_path / "nowhere"), "--prompt", "hi"]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    conversation = tmp_path / "c.json"
+    conversation.write_text('[{"role": "assistant", "text": "hi"}]')
+    assert main(["generate", "--weights", str(tiny_weights), "--conversation", str(conversation)]) == 2
+    assert "must end with a user turn" in capsys.readouterr().err
 
 
 def test_embed_writes_projected_rows(tiny_weights, images, tmp_path, loaded):
     out = tmp_path / "emb.npy"
-    result = cli("embed", "--weights", str(tiny_weights), "--image", str(images[1]), "--out", str(out))
-    assert result.returncode == 0, result.stderr
+    assert main(["embed", "--weights", str(tiny_weights), "--image", str(images[1]), "--out", str(out)]) == 0
     array = np.load(out)
     assert array.shape == (4, 64) and array.dtype == np.float32
     pixels = preprocess_images([decode_image(images[1].read_bytes())])
@@ -89,8 +94,7 @@ def test_embed_writes_projected_rows(tiny_weights, images, tmp_path, loaded):
 
 
 def test_make_tiny_command(tmp_path):
-    result = cli("make-tiny", "--out", str(tmp_path / "w"), "--seed", "2")
-    assert result.returncode == 0, result.stderr
+    assert main(["make-tiny", "--out", str(tmp_path / "w"), "--seed", "2"]) == 0
     names = {p.relative_to(tmp_path / "w").as_posix() for p in (tmp_path / "w").rglob("*") if p.is_file()}
     assert names == {"eva_vit_g.pth", "blip2_pretrained_flant5xxl.pth", "checkpoint.pth", "arch.json",
                      "gpt-neox/config.json", "gpt-neox/model.safetensors", "gpt-neox/spiece.model",

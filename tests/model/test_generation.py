@@ -58,17 +58,14 @@ def test_greedy_is_reproducible_and_equals_the_reference_loop(engine, loaded):
 def test_the_image_changes_the_answer(engine):
     red, _ = run(engine, request(images=[png((200, 30, 40))], greedy=True, max_new_tokens=8))
     blue, _ = run(engine, request(images=[png((10, 40, 220))], greedy=True, max_new_tokens=8))
-    seq_r = engine.prepare(request(images=[png((200, 30, 40))], greedy=True))
-    seq_b = engine.prepare(request(images=[png((10, 40, 220))], greedy=True))
-    emb_r, emb_b = engine.prompt_embeddings(seq_r.state), engine.prompt_embeddings(seq_b.state)
-    assert not emb_r.equal(emb_b)
+    assert red.state.generated != blue.state.generated
 
 
 def test_seeded_sampling_is_reproducible_and_streams_append_only(engine):
     runs = [run(engine, request(seed=1234, max_new_tokens=40)) for _ in range(2)]
     (a, texts_a), (b, _) = runs
     assert a.output_ids == b.output_ids and a.text == b.text
-    for before, after in zip(texts_a, texts_a[1:]):
+    for before, after in zip(texts_a, texts_a[1:], strict=False):
         assert after.startswith(before)
     other, _ = run(engine, request(seed=99, max_new_tokens=40))
     assert other.state.generated != a.state.generated

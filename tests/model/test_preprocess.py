@@ -9,7 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from model_worker.model.preprocess import CLIP_MEAN, CLIP_STD, ImageDecodeError, decode_image, preprocess_image
+from model_worker.model.preprocess import (
+    CLIP_MEAN,
+    CLIP_STD,
+    ImageDecodeError,
+    decode_image,
+    preprocess_image,
+)
 
 
 def photo(size=(333, 211)) -> Image.Image:

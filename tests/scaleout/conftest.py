@@ -15,7 +15,7 @@ from tests.support.redis_server import RedisServer, run_redis_server
 from tests.support.worker import WorkerHandle, run_worker
 
 #: A worker silent this long loses its job to another (short, so the takeover test is quick).
-CLAIM_IDLE_MS = 1500
+CLAIM_IDLE_MS = 3000
 
 
 @pytest.fixture(scope="module")

@@ -34,6 +34,7 @@ from model_worker.protocol import (
 from model_worker.queue_streams import QueueKeys, connect
 from model_worker.redis_consumer import RedisConsumer
 from model_worker.scheduler import Scheduler
+from tests.support.redis_server import run_redis_server
 from tests.worker.test_scheduler import EchoEngine
 
 
@@ -71,29 +72,44 @@ async def client(redis_server, keys):
         await each.close()
 
 
+class InProcessWorker:
+    """The real scheduler and queue consumer around an echo engine, in this process."""
+
+    def __init__(self, url: str, keys: QueueKeys, engine: EchoEngine, metrics: WorkerMetrics,
+                 ready_info, **options) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self.scheduler = Scheduler(engine, executor=self.executor, metrics=metrics)
+        self.scheduler.start()
+        self.consumer = RedisConsumer(url, keys=keys, **options)
+        self.consumer.start(self.scheduler, capacity=engine.max_batch_size, metrics=metrics,
+                            ready_info=ready_info)
+        self.stopped = False
+
+    async def stop(self, *, grace_s: float = 0) -> None:
+        """The order ``serve`` uses on SIGTERM: stop pulling, let the scheduler wind down, close."""
+        if self.stopped:
+            return
+        self.stopped = True
+        self.consumer.stop_pulling()
+        await self.scheduler.shutdown(grace_s=grace_s)
+        await self.consumer.close()
+        self.executor.shutdown()
+
+
 @pytest.fixture
 async def queue_worker(redis_server, keys):
-    """Start in-process workers: the real scheduler and queue consumer around an echo engine."""
-    running: list[tuple[RedisConsumer, Scheduler, ThreadPoolExecutor]] = []
+    """Start in-process workers on the test's queue; all are stopped at the end."""
+    running: list[InProcessWorker] = []
 
     def start(engine: EchoEngine | None = None, *, metrics: WorkerMetrics | None = None,
-              ready_info=lambda: ReadyInfo(ready=True, model="echo"), **options) -> RedisConsumer:
-        engine = engine or EchoEngine(max_batch_size=2, step_s=0.002)
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
-        metrics = metrics or WorkerMetrics()
-        scheduler = Scheduler(engine, executor=executor, metrics=metrics)
-        scheduler.start()
-        consumer = RedisConsumer(redis_server.url, keys=keys, **options)
-        consumer.start(scheduler, capacity=engine.max_batch_size, metrics=metrics, ready_info=ready_info)
-        running.append((consumer, scheduler, executor))
-        return consumer
+              ready_info=lambda: ReadyInfo(ready=True, model="echo"), **options) -> InProcessWorker:
+        running.append(InProcessWorker(redis_server.url, keys, engine or EchoEngine(max_batch_size=2, step_s=0.002),
+                                       metrics or WorkerMetrics(), ready_info, **options))
+        return running[-1]
 
     yield start
-    for consumer, scheduler, executor in running:
-        consumer.stop_pulling()
-        await scheduler.shutdown(grace_s=0)
-        await consumer.close()
-        executor.shutdown()
+    for worker in running:
+        await worker.stop()
 
 
 async def test_round_trip_streams_the_same_events_as_http(client, queue_worker):
@@ -217,6 +233,21 @@ async def test_takeover_ignores_the_superseded_attempt(client, queue_worker):
     assert sum(isinstance(e, DoneEvent) for e in events) == 1
 
 
+async def test_a_stopping_worker_hands_its_job_to_another(client, queue_worker):
+    first = queue_worker(EchoEngine(max_batch_size=1, step_s=0.03))
+    bot = client()
+    events, text = [], "handed over " * 6
+    async for event in bot.chat(chat(text)):
+        events.append(event)
+        if len(events) == 3:  # queued, started, first token: stop the worker that has the job
+            await first.stop(grace_s=0)
+            # A long claim time: only the hand-back lets this worker take the job within the test.
+            queue_worker(EchoEngine(max_batch_size=1, step_s=0.002), claim_idle_ms=600_000)
+    restart = next(i for i, e in enumerate(events) if isinstance(e, RestartedEvent))
+    assert events[restart + 1:][-1].text == text
+    assert sum(isinstance(e, DoneEvent) for e in events) == 1
+
+
 async def test_timeout_withdraws_the_job(redis_server, client, keys):
     with pytest.raises(WorkerTimeout):
         await collect(client(request_timeout_s=0.5), chat("nobody serves this"))
@@ -250,6 +281,30 @@ async def test_redis_outage_gives_clear_errors_then_recovers(redis_server, clien
     # Redis came back empty: the worker recreates the group, the client reconnects by itself.
     events = await asyncio.wait_for(_retry_until_served(bot, "after"), 30)
     assert events[-1].text == "after"
+
+
+async def test_jobs_given_up_during_an_outage_are_cancelled_once_redis_is_back(tmp_path, keys):
+    # A Redis with persistence keeps queued jobs across a restart: the bot must not leave the ones its
+    # users were told had failed to be answered for nobody.
+    with run_redis_server(tmp_path, appendonly=True) as redis_server:
+        bot = RedisWorkerClient(redis_server.url, stream=keys.stream)
+        redis = connect(redis_server.url)
+        try:
+            waiting = bot.chat(chat("lost in the outage", request_id="abandoned"))
+            assert await anext(waiting) == QueuedEvent(position=1)
+            redis_server.stop()
+            with pytest.raises(WorkerUnavailable):
+                await anext(waiting)
+            redis_server.start()
+            assert await redis.exists(keys.cancel("abandoned")) == 0 and await redis.xlen(keys.stream) == 1
+
+            fresh = bot.chat(chat("after the outage"))
+            assert await anext(fresh) == QueuedEvent(position=1)  # the abandoned job was withdrawn
+            assert await redis.exists(keys.cancel("abandoned")) == 1
+            await fresh.aclose()
+        finally:
+            await bot.close()
+            await redis.aclose()
 
 
 async def _retry_until_served(bot: RedisWorkerClient, text: str) -> list:

@@ -15,7 +15,15 @@ from bot.chat.i18n import t
 from bot.chat.splitting import prepare_parts
 from bot.chat.store import ConversationKey, Store
 from bot.worker_client.http import HttpWorkerClient
-from tests.fakes.slack_fake import BOT_TOKEN, BOT_USER_ID, TEAM_ID, ApiCall, FakeSlack, events_envelope
+from tests.fakes.slack_fake import (
+    BOT_TOKEN,
+    BOT_USER_ID,
+    TEAM_ID,
+    ApiCall,
+    FakeSlack,
+    action_envelope,
+    events_envelope,
+)
 from tests.slack.harness import mention_event, message_event, running_bot, slack_settings
 
 CHANNEL = "C0GENERAL"
@@ -105,3 +113,29 @@ async def test_redelivered_event_is_answered_once(fake: FakeSlack, tmp_path: Pat
     posts = fake.thread_posts(CHANNEL, root)
     assert len([post for post in posts if post.args["text"] in PLACEHOLDERS]) == 1
     assert len(fake.calls_to("reactions.add")) == 1
+
+
+def _stop_value(call: ApiCall) -> str:
+    blocks = call.args["blocks"]
+    blocks = json.loads(blocks) if isinstance(blocks, str) else blocks
+    return next(element["value"] for block in blocks if block["type"] == "actions"
+                for element in block["elements"] if element["action_id"] == STOP_ACTION_ID)
+
+
+async def test_stop_button_ends_a_running_answer(fake: FakeSlack, tmp_path: Path,
+                                                 live_worker: HttpWorkerClient) -> None:
+    root = "6.000100"
+    settings = slack_settings(fake, tmp_path, max_new_tokens=1536)
+    async with running_bot(fake, settings, live_worker) as bot:
+        await fake.push(events_envelope(mention_event("Tell me a very long story.", ts=root), event_id="EvS1"))
+        await fake.wait_for(lambda: fake.calls_to("chat.update"))  # text is streaming in
+        placeholder = fake.thread_posts(CHANNEL, root)[0]
+        await fake.push(action_envelope(fake, action_id=STOP_ACTION_ID, value=_stop_value(placeholder),
+                                        user="U0ALICE", channel=CHANNEL, message_ts=placeholder.result["ts"],
+                                        thread_ts=root))
+        await fake.wait_for(lambda: fake.calls_to("reactions.remove"))
+        turns = await _turns(bot.store, root)
+    shown = [fake.shown_text(CHANNEL, post.result["ts"]) for post in fake.thread_posts(CHANNEL, root)]
+    assert shown[-1].endswith(t("cancelled_suffix", "en"))
+    assert [(turn.role, turn.status) for turn in turns] == [("user", "cancelled")]
+    assert fake.calls_to("chat.postEphemeral") == []

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from bot.adapters.slack import run_slack
 from bot.chat.i18n import t
+from bot.chat.service import ChatService
+from bot.chat.store import Store
+from bot.settings import SettingsError
 from bot.worker_client.http import HttpWorkerClient
 from tests.fakes.slack_fake import BOT_TOKEN, FakeSlack, command_envelope, events_envelope
 from tests.slack.harness import mention_event, message_event, running_bot, slack_settings
@@ -70,9 +76,9 @@ async def test_slash_command_in_japanese_answers_privately(fake: FakeSlack, tmp_
     async with running_bot(fake, slack_settings(fake, tmp_path), idle_worker):
         envelope = command_envelope(fake, text="リセット", user="U0HANAKO", channel=CHANNEL)
         await fake.push(envelope)
-        await fake.wait_for(lambda: fake.responses)
+        await fake.wait_for(lambda: fake.responses and fake.acks)
     assert fake.responses == [{"text": t("reset_done", "ja"), "response_type": "ephemeral"}]
-    assert any(ack["envelope_id"] == envelope["envelope_id"] for ack in fake.acks)
+    assert fake.acks == [{"envelope_id": envelope["envelope_id"]}]
 
 
 async def test_channel_chatter_without_mention_is_ignored(fake: FakeSlack, tmp_path: Path,
@@ -84,3 +90,18 @@ async def test_channel_chatter_without_mention_is_ignored(fake: FakeSlack, tmp_p
     (post,) = fake.calls_to("chat.postMessage")
     assert post.args["thread_ts"] == "1.000600"
     assert [call.args["user"] for call in fake.calls_to("users.info")] == ["U0ALICE"]
+
+
+async def test_refused_tokens_stop_start_up_naming_the_variable(fake: FakeSlack, tmp_path: Path,
+                                                                idle_worker: HttpWorkerClient) -> None:
+    store = await Store.open(tmp_path / "bot.sqlite3")
+    try:
+        service = ChatService(settings=slack_settings(fake, tmp_path), store=store, worker=idle_worker)
+        for variable, override in (("SLACK_BOT_TOKEN", {"slack_bot_token": "xoxb-revoked"}),
+                                   ("SLACK_APP_TOKEN", {"slack_app_token": "xapp-revoked"})):
+            with pytest.raises(SettingsError) as refused:
+                await run_slack(slack_settings(fake, tmp_path, **override), service)
+            assert refused.value.message.startswith(variable) and "revoked" not in refused.value.message
+    finally:
+        await store.close()
+    assert fake.acks == [] and fake.calls_to("chat.postMessage") == []

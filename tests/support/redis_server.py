@@ -33,10 +33,12 @@ def free_port() -> int:
 class RedisServer:
     """One ``redis-server`` process that can be stopped and started again on the same port."""
 
-    def __init__(self, binary: str, workdir: Path, *, password: str | None = None) -> None:
+    def __init__(self, binary: str, workdir: Path, *, password: str | None = None,
+                 appendonly: bool = False) -> None:
         self.binary = binary
         self.workdir = workdir
         self.password = password
+        self.appendonly = appendonly
         self.port = free_port()
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -50,10 +52,11 @@ class RedisServer:
         return self._process is not None and self._process.poll() is None
 
     def start(self, *, timeout: float = 10.0) -> None:
-        """Start the server (no RDB snapshots, no AOF) and wait until it accepts connections."""
+        """Start the server (no RDB snapshots; AOF only when asked) and wait until it accepts connections."""
         args = [
             self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
-            "--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning",
+            "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--daemonize", "no",
+            "--loglevel", "warning",
             "--logfile", str(self.workdir / "redis.log"),
         ]
         if self.password:
@@ -62,7 +65,7 @@ class RedisServer:
         self._wait_until_listening(timeout)
 
     def stop(self) -> None:
-        """Stop the server (its data is gone: nothing is persisted)."""
+        """Stop the server (its data is gone unless ``appendonly`` keeps it for the next start)."""
         if self._process is None:
             return
         self._process.terminate()
@@ -89,12 +92,13 @@ class RedisServer:
 
 
 @contextmanager
-def run_redis_server(workdir: Path, *, password: str | None = None) -> Iterator[RedisServer]:
+def run_redis_server(workdir: Path, *, password: str | None = None,
+                     appendonly: bool = False) -> Iterator[RedisServer]:
     """Start a private ``redis-server`` in ``workdir``; skip the test when the binary is missing."""
     binary = find_redis_server()
     if binary is None:
         pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
-    server = RedisServer(binary, workdir, password=password)
+    server = RedisServer(binary, workdir, password=password, appendonly=appendonly)
     server.start()
     try:
         yield server

@@ -15,6 +15,7 @@ from tests.support.worker import run_worker
 from tests.worker.conversation import LONG, collect, greedy_request, metric_value, read_until_token, reply_of
 
 MAX_QUEUE = 8
+DELETED_ID = "cancel/by delete?"  # any string is a valid id, so the client must quote it
 
 
 @pytest.fixture(scope="module")
@@ -80,17 +81,17 @@ async def test_full_queue_answers_busy(client, queueing_worker):
 
 
 async def test_cancel_by_delete_stops_work_and_frees_the_place(client):
-    long = client.chat(greedy_request(max_new_tokens=LONG, request_id="cancel-by-delete"))
+    long = client.chat(greedy_request(max_new_tokens=LONG, request_id=DELETED_ID))
     await read_until_token(long)
     follower = asyncio.create_task(collect(client.chat(greedy_request("next", max_new_tokens=6))))
 
-    await client.cancel("cancel-by-delete")
+    await client.cancel(DELETED_ID)
     _, cancelled = reply_of(await collect(long))
     assert cancelled.finish_reason is FinishReason.CANCELLED
     assert 0 < cancelled.usage.completion_tokens < LONG
     _, served = reply_of(await follower)
     assert served.finish_reason in (FinishReason.STOP, FinishReason.LENGTH)
-    await client.cancel("cancel-by-delete")  # already ended: a no-op
+    await client.cancel(DELETED_ID)  # already ended: a no-op
 
 
 async def test_disconnect_cancels(client, queueing_worker):

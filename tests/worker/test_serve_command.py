@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from bot.worker_client.http import HttpWorkerClient
-from model_worker.serving import ServeConfig, ServeError, check_bind, is_loopback
+from model_worker.serving import ServeConfig, ServeError, check_config, is_loopback
 from tests.worker.conversation import collect, greedy_request, reply_of
 
 
@@ -35,9 +35,19 @@ def test_loopback_detection(host, loopback):
 
 
 def test_token_allows_a_public_bind(tmp_path):
-    check_bind(ServeConfig(weights=tmp_path, host="0.0.0.0", token="secret"))
+    check_config(ServeConfig(weights=tmp_path, host="0.0.0.0", token="secret"))
     with pytest.raises(ServeError):
-        check_bind(ServeConfig(weights=tmp_path, host="0.0.0.0"))
+        check_config(ServeConfig(weights=tmp_path, host="0.0.0.0"))
+
+
+def test_missing_weights_directory_is_refused_before_loading(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "model_worker", "serve", "--weights", str(tmp_path / "nowhere"),
+         "--socket", str(tmp_path / "worker.sock")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2 and "does not exist" in result.stderr
+    assert not (tmp_path / "worker.sock").exists()
 
 
 def test_token_is_not_in_the_config_repr(tmp_path):

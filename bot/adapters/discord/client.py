@@ -8,8 +8,10 @@ proxy or against a local fake. They are process-wide: one Discord endpoint per p
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 import discord
 import yarl
@@ -68,6 +70,7 @@ class ChatClient(discord.Client):
         self.settings = settings
         self.tree = app_commands.CommandTree(self)
         self._chat = Listeners(service=service) if service is not None else None
+        self._handlers: set[asyncio.Task[object]] = set()  # running event handlers, cancelled on close
         for command in build_commands(self._run_command):
             self.tree.add_command(command)
 
@@ -92,9 +95,14 @@ class ChatClient(discord.Client):
         log.info("Discord: connected as %s (%s) in %d guilds", self.user, self.user.id if self.user else "?",
                  len(self.guilds))
 
+    async def close(self) -> None:
+        for task in list(self._handlers):
+            task.cancel()  # closing a reply stream also cancels its request on the worker
+        await super().close()
+
     async def on_message(self, message: discord.Message) -> None:
         if self._chat is not None and self.user is not None:
-            await self._chat.on_message(message, me=self.user)
+            await self._tracked(self._chat.on_message(message, me=self.user))
 
     async def stop_pressed(self, interaction: discord.Interaction, request_id: str) -> None:
         if self._chat is not None:
@@ -102,4 +110,13 @@ class ChatClient(discord.Client):
 
     async def _run_command(self, interaction: discord.Interaction, name: CommandName) -> None:
         if self._chat is not None:
-            await self._chat.on_command(interaction, name)
+            await self._tracked(self._chat.on_command(interaction, name))
+
+    async def _tracked(self, handler: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+        try:
+            await handler
+        finally:
+            self._handlers.discard(task)

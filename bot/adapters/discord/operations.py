@@ -84,6 +84,11 @@ class StreamedAnswer:
         if self._flusher is not None:
             await self._flusher
 
+    def abandon(self) -> None:
+        """Stop rendering (the handler is going away); whatever was shown stays."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+
     async def _flush(self) -> None:
         try:
             while True:
@@ -144,6 +149,8 @@ class MessageReplies:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        for answer in self._answers.values():
+            answer.abandon()  # a no-op for answers that were closed
         await self._stop_typing()
 
     async def render(self, reply: Reply) -> None:

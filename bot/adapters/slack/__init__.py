@@ -14,9 +14,11 @@ import aiohttp
 from aiohttp import web
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
+from slack_sdk.errors import SlackApiError
 
 from bot.adapters.slack.app import build_app
-from bot.settings import Settings
+from bot.adapters.slack.errors import slack_error_code
+from bot.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
     from bot.chat.service import ChatService
@@ -30,15 +32,31 @@ async def run_slack(settings: Settings, service: ChatService) -> None:
     """Run the Slack adapter until cancelled."""
     async with aiohttp.ClientSession() as session:
         app = build_app(settings, service, session=session)
+        await _check_credentials(app, settings)
         if settings.slack_mode == "http":
             await _serve_http(app, settings)
         else:
             await _serve_socket_mode(app, settings)
 
 
+async def _check_credentials(app: AsyncApp, settings: Settings) -> None:
+    """Stop start-up with one sentence when Slack refuses a token (instead of retrying forever)."""
+    try:
+        identity = await app.client.auth_test()
+    except SlackApiError as exc:
+        raise SettingsError(f"SLACK_BOT_TOKEN: Slack refused the bot token ({slack_error_code(exc)})") from None
+    log.info("slack: signed in as %s in team %s", identity.get("user_id"), identity.get("team_id"))
+    if settings.slack_mode == "socket" and settings.slack_app_token is not None:
+        try:
+            await app.client.apps_connections_open(app_token=settings.slack_app_token.get_secret_value())
+        except SlackApiError as exc:
+            raise SettingsError("SLACK_APP_TOKEN: Slack refused the app-level token "
+                                f"({slack_error_code(exc)}; it needs the connections:write scope)") from None
+
+
 async def _serve_socket_mode(app: AsyncApp, settings: Settings) -> None:
     if settings.slack_app_token is None:
-        raise ValueError("SLACK_APP_TOKEN is required in Socket Mode")
+        raise SettingsError("SLACK_APP_TOKEN: required when SLACK_MODE=socket")
     handler = AsyncSocketModeHandler(app, settings.slack_app_token.get_secret_value())
     await handler.connect_async()
     log.info("slack: connected in Socket Mode")

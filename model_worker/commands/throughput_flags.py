@@ -1,0 +1,50 @@
+"""``serve``'s throughput options: batch limits, image and prefix caches, compiled decode."""
+
+from __future__ import annotations
+
+import argparse
+
+from model_worker.engine_options import EngineOptions
+
+_DEFAULTS = EngineOptions()
+
+
+def add_throughput_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options that shape batching and caching (``--max-batch-size`` is serve's own)."""
+    group = parser.add_argument_group("throughput")
+    group.add_argument("--max-tokens-in-flight", type=_non_negative(int), default=0, metavar="N",
+                       help="admit no request while the running ones' prompts plus max_new_tokens would "
+                            "exceed N positions (0: no limit, the default)")
+    group.add_argument("--image-cache-size", type=_non_negative(int), default=_DEFAULTS.image_cache_entries,
+                       metavar="N", help=f"image embeddings kept by content hash "
+                                         f"(default {_DEFAULTS.image_cache_entries})")
+    group.add_argument("--image-cache-mb", type=_non_negative(float), default=_DEFAULTS.image_cache_mb,
+                       help=f"memory the image embeddings may take (default {_DEFAULTS.image_cache_mb:g})")
+    group.add_argument("--prefix-cache-tokens", type=_non_negative(int), default=_DEFAULTS.prefix_cache_tokens,
+                       metavar="N", help="positions of finished answers' KV kept so that a follow-up turn "
+                                         f"prefills only its new tokens (0 disables; default "
+                                         f"{_DEFAULTS.prefix_cache_tokens})")
+    group.add_argument("--compile-decode", action="store_true",
+                       help="torch.compile the language model on CUDA (slower start; off by default)")
+
+
+def engine_options_from_args(args: argparse.Namespace) -> EngineOptions:
+    """The engine's options from parsed arguments."""
+    return EngineOptions(image_cache_entries=args.image_cache_size, image_cache_mb=args.image_cache_mb,
+                         prefix_cache_tokens=args.prefix_cache_tokens, compile_decode=args.compile_decode)
+
+
+def max_tokens_in_flight(args: argparse.Namespace) -> int | None:
+    """The scheduler's tokens-in-flight limit (None: none)."""
+    return args.max_tokens_in_flight or None
+
+
+def _non_negative(kind: type) -> object:
+    def parse(text: str) -> object:
+        value = kind(text)
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse

@@ -1,0 +1,19 @@
+"""Throughput settings of the batched engine (plain data: the serve command builds it without torch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Cache bounds and device options; the defaults fit a 16 GB card next to the fp16 model."""
+
+    image_cache_entries: int = 256  # image embeddings kept by content hash
+    image_cache_mb: float = 64.0  # ... and their memory at most (one real image: 32 x 2816 fp16 = 176 KB)
+    prefix_cache_tokens: int = 4096  # positions of finished sequences' KV kept for follow-up turns
+    compile_decode: bool = False  # torch.compile the language model's forward (CUDA only)
+
+    @property
+    def image_cache_bytes(self) -> int:
+        return int(self.image_cache_mb * 2**20)
