@@ -24,8 +24,9 @@ NO_PLATFORM_HINT = (
 
 
 @contextlib.asynccontextmanager
-async def connect_worker(settings: Settings) -> AsyncIterator[WorkerClient]:
-    """The worker the service talks to: a Redis queue, an external worker, or our own child process."""
+async def connect_worker(settings: Settings, *, quiet_worker: bool = False) -> AsyncIterator[WorkerClient]:
+    """The worker the service talks to: a Redis queue, an external worker, or our own child process
+    (``quiet_worker``: the child logs warnings only, for the console chat)."""
     if settings.queue_url is not None:
         from bot.worker_client.redis_queue import RedisWorkerClient
 
@@ -38,7 +39,7 @@ async def connect_worker(settings: Settings) -> AsyncIterator[WorkerClient]:
         client = HttpWorkerClient(settings.worker_url, token=token)
         log.info("using the external worker at %s", settings.worker_url)
     else:
-        async with _local_worker(settings) as local:
+        async with _local_worker(settings, quiet=quiet_worker) as local:
             yield local
         return
     try:
@@ -48,7 +49,7 @@ async def connect_worker(settings: Settings) -> AsyncIterator[WorkerClient]:
 
 
 @contextlib.asynccontextmanager
-async def _local_worker(settings: Settings) -> AsyncIterator[WorkerClient]:
+async def _local_worker(settings: Settings, *, quiet: bool) -> AsyncIterator[WorkerClient]:
     from bot.weights import ensure_weights
     from bot.worker_client.supervisor import WorkerSupervisor
 
@@ -59,6 +60,10 @@ async def _local_worker(settings: Settings) -> AsyncIterator[WorkerClient]:
         device=settings.worker_device,
         dtype=settings.worker_dtype,
         restart_backoff_s=settings.worker_restart_backoff_s,
+        extra_args=(
+            "--request-timeout", str(settings.worker_request_timeout_s),
+            "--log-level", "WARNING" if quiet else settings.log_level,
+        ),
     )
     async with supervisor:
         yield supervisor.client
@@ -83,7 +88,7 @@ async def run_bot(settings: Settings, mode: Mode = "auto") -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = await Store.open(settings.database_path)
     try:
-        async with connect_worker(settings) as worker:
+        async with connect_worker(settings, quiet_worker="console" in fronts) as worker:
             service = ChatService(settings=settings, store=store, worker=worker)
             if "console" in fronts:  # someone is watching the terminal: answer only once the model is there
                 await wait_until_ready(worker)

@@ -136,6 +136,8 @@ async def test_stop_button_ends_a_running_answer(fake: FakeSlack, tmp_path: Path
         await fake.wait_for(lambda: fake.calls_to("reactions.remove"))
         turns = await _turns(bot.store, root)
     shown = [fake.shown_text(CHANNEL, post.result["ts"]) for post in fake.thread_posts(CHANNEL, root)]
+    for c in fake.calls:
+        print("DBG", round(c.received_at, 2), c.method, c.args.get("ts"), len(c.args.get("text") or ""), repr((c.args.get("text") or "")[-30:]))
     assert shown[-1].endswith(t("cancelled_suffix", "en"))
     assert [(turn.role, turn.status) for turn in turns] == [("user", "cancelled")]
     assert fake.calls_to("chat.postEphemeral") == []
