@@ -30,7 +30,8 @@ async def connect_worker(settings: Settings, *, quiet_worker: bool = False) -> A
     if settings.queue_url is not None:
         from bot.worker_client.redis_queue import RedisWorkerClient
 
-        client: WorkerClient = RedisWorkerClient(settings.queue_url.get_secret_value())
+        client: WorkerClient = RedisWorkerClient(settings.queue_url.get_secret_value(),
+                                                 request_timeout_s=settings.worker_request_timeout_s)
         log.info("using the shared Redis queue for model requests")
     elif settings.worker_url:
         from bot.worker_client.http import HttpWorkerClient

@@ -52,17 +52,23 @@ class HubFile:
     repo_id: str
     filename: str
 
-    def where(self) -> str:
-        return f"{HF_ENDPOINT}/{self.repo_id}/resolve/main/{self.filename}"
+    def where(self, endpoint: str = HF_ENDPOINT) -> str:
+        return f"{endpoint.rstrip('/')}/{self.repo_id}/resolve/main/{self.filename}"
 
 
-ARTEFACTS: tuple[UrlFile | HubFile, ...] = (
-    UrlFile("eva_vit_g.pth", f"{LAVIS_BASE}/eva_vit_g.pth"),
-    UrlFile("blip2_pretrained_flant5xxl.pth", f"{LAVIS_BASE}/blip2_pretrained_flant5xxl.pth"),
-    HubFile("checkpoint.pth", "rinna/bilingual-gpt-neox-4b-minigpt4", "checkpoint.pth"),
-    *(HubFile(f"gpt-neox/{name}", "rinna/bilingual-gpt-neox-4b", name)
-      for name in ("config.json", "model.safetensors", "spiece.model", "tokenizer_config.json")),
-)
+def artefacts(*, lavis_base: str = LAVIS_BASE) -> tuple[UrlFile | HubFile, ...]:
+    """The files of a weights directory and where they come from (``lavis_base`` may name a mirror)."""
+    lavis_base = lavis_base.rstrip("/")
+    return (
+        UrlFile("eva_vit_g.pth", f"{lavis_base}/eva_vit_g.pth"),
+        UrlFile("blip2_pretrained_flant5xxl.pth", f"{lavis_base}/blip2_pretrained_flant5xxl.pth"),
+        HubFile("checkpoint.pth", "rinna/bilingual-gpt-neox-4b-minigpt4", "checkpoint.pth"),
+        *(HubFile(f"gpt-neox/{name}", "rinna/bilingual-gpt-neox-4b", name)
+          for name in ("config.json", "model.safetensors", "spiece.model", "tokenizer_config.json")),
+    )
+
+
+ARTEFACTS = artefacts()
 
 
 def missing_files(dest: Path, files: tuple[UrlFile | HubFile, ...] = ARTEFACTS) -> list[UrlFile | HubFile]:
@@ -93,12 +99,16 @@ def _via_proxy(host: str, port: int) -> tuple[str, int]:
     return parts.hostname or host, parts.port or 8080
 
 
+def _where(item: UrlFile | HubFile, hub_endpoint: str) -> str:
+    return item.where() if isinstance(item, UrlFile) else item.where(hub_endpoint)
+
+
 def check_network(files: list[UrlFile | HubFile], *, hub_endpoint: str, timeout: float) -> None:
     """Fail at once, naming every missing file and its source, when a needed host cannot be reached."""
     hosts = {_via_proxy(*_host_of(f, hub_endpoint)) for f in files}
     down = sorted(f"{h}:{p}" for h, p in hosts if not _reachable(h, p, timeout))
     if down:
-        listing = "\n".join(f"  {f.dest}  <-  {f.where()}" for f in files)
+        listing = "\n".join(f"  {f.dest}  <-  {_where(f, hub_endpoint)}" for f in files)
         raise DownloadError(f"cannot reach {', '.join(down)} (no network?). Missing files, and where to get "
                             f"them (put them in the weights directory under these names):\n{listing}")
 

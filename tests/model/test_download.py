@@ -129,6 +129,18 @@ def test_offline_fails_fast_listing_missing_files(tmp_path):
     assert "no network" in message
     for item in files:
         if item.dest != "gpt-neox/config.json":
-            assert item.dest in message and item.where() in message
+            assert item.dest in message and (item.where() if isinstance(item, UrlFile) else item.where(closed)) in message
     assert "gpt-neox/config.json" not in message
     assert any(isinstance(f, HubFile) and f.repo_id == "rinna/bilingual-gpt-neox-4b" for f in ARTEFACTS)
+
+
+def test_download_command_offline(tmp_path, capsys):
+    from model_worker.__main__ import main
+
+    closed = f"http://127.0.0.1:{free_port()}"
+    code = main(["download", "--dest", str(tmp_path), "--hub-endpoint", closed, "--lavis-base-url", closed,
+                 "--timeout", "2"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("error: cannot reach 127.0.0.1:")
+    assert f"{closed}/eva_vit_g.pth" in err
+    assert f"{closed}/rinna/bilingual-gpt-neox-4b/resolve/main/model.safetensors" in err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import pytest
+import torch
 from PIL import Image
 
 from model_worker.engine import MiniGPT4Engine
@@ -106,3 +107,56 @@ def test_context_too_long(engine):
     with pytest.raises(EngineError) as info:
         engine.prepare(request(text="word " * 1200, max_new_tokens=1000))
     assert info.value.code == ErrorCode.CONTEXT_TOO_LONG
+
+
+@pytest.mark.parametrize("params", [
+    {"seed": 7},  # the card's settings: temperature 1.0, top_p 0.85, top_k 50
+    {"seed": 8, "temperature": 0.7, "top_p": 0.9, "top_k": 20},
+    {"seed": 9, "temperature": 1.3, "top_k": 0, "top_p": 1.0},
+])
+def test_seeded_sampling_equals_the_libraries_generate(engine, loaded, params):
+    """Same seed, same draws: the engine's warpers and sampling match transformers' ``generate``."""
+    image = png((10, 200, 30))
+    seq, texts = run(engine, request(text="hi", images=[image], max_new_tokens=30, **params))
+    options = {k: v for k, v in params.items() if k != "seed"}
+    reference = reference_generate(loaded, [ReferenceTurn("user", "hi", [Image.open(io.BytesIO(image)).convert("RGB")])],
+                                   max_new_tokens=30, seed=params["seed"], **options)
+    eos = loaded.tokenizer.eos_id
+    assert seq.state.generated == [i for i in reference if i != eos][: len(seq.state.generated)]
+    assert texts[-1] == seq.text
+
+
+def forced(engine: MiniGPT4Engine, token: int) -> torch.Tensor:
+    logits = torch.full((engine.tokenizer.vocab_size,), -10.0)
+    logits[token] = 10.0
+    return logits
+
+
+def test_engine_stops_at_a_new_turn_and_cuts_it(engine):
+    """Feed the engine's step logic logits that spell a reply and then a new user turn."""
+    tok = engine.tokenizer
+    reply, marker = tok.encode(" 横になっています。"), tok.encode("\nユーザー: 次")
+    seq = engine.prepare(request(greedy=True, max_new_tokens=50))
+    shown = []
+    for token in reply + marker:
+        engine._advance(seq, forced(engine, token))
+        shown.append(seq.text)
+        if seq.finished:
+            break
+    assert seq.finish_reason == FinishReason.STOP
+    assert seq.text == "横になっています。" and seq.output_ids == reply
+    assert all(b.startswith(a) for a, b in zip(shown, shown[1:], strict=False))
+    assert len(seq.state.generated) < len(reply + marker)  # stopped as soon as the marker was complete
+
+
+def test_engine_eos_and_length(engine):
+    tok = engine.tokenizer
+    seq = engine.prepare(request(greedy=True, max_new_tokens=50))
+    for token in tok.encode("ok "):
+        engine._advance(seq, forced(engine, token))
+    engine._advance(seq, forced(engine, tok.eos_id))
+    assert seq.finish_reason == FinishReason.STOP and seq.text == "ok" and tok.eos_id not in seq.output_ids
+    seq = engine.prepare(request(greedy=True, max_new_tokens=2))
+    for token in tok.encode("ab"):
+        engine._advance(seq, forced(engine, token))
+    assert seq.finish_reason == FinishReason.LENGTH and seq.text == "ab"

@@ -57,10 +57,11 @@ def _assert_answer_shown(fake: FakeSlack, posts: list[ApiCall], answer: str) -> 
 
 
 def _assert_paced(fake: FakeSlack, ts: str) -> None:
-    """Edits before the final one are at least the edit interval apart."""
+    """Edits before the final one are spaced by about the edit interval (not one per token); the margin
+    only absorbs delivery jitter."""
     streamed = fake.calls_to("chat.update", ts=ts)[:-1]
     for earlier, later in zip(streamed, streamed[1:], strict=False):
-        assert later.received_at - earlier.received_at >= SLACK_PROFILE.edit_interval_s - 0.05
+        assert later.received_at - earlier.received_at >= SLACK_PROFILE.edit_interval_s * 0.75
 
 
 async def test_mention_with_image_then_follow_up_in_thread(fake: FakeSlack, tmp_path: Path,
@@ -116,6 +117,7 @@ async def test_redelivered_event_is_answered_once(fake: FakeSlack, tmp_path: Pat
 
 
 def _stop_value(call: ApiCall) -> str:
+    """The Stop button's value on a posted message."""
     blocks = call.args["blocks"]
     blocks = json.loads(blocks) if isinstance(blocks, str) else blocks
     return next(element["value"] for block in blocks if block["type"] == "actions"
@@ -136,8 +138,6 @@ async def test_stop_button_ends_a_running_answer(fake: FakeSlack, tmp_path: Path
         await fake.wait_for(lambda: fake.calls_to("reactions.remove"))
         turns = await _turns(bot.store, root)
     shown = [fake.shown_text(CHANNEL, post.result["ts"]) for post in fake.thread_posts(CHANNEL, root)]
-    for c in fake.calls:
-        print("DBG", round(c.received_at, 2), c.method, c.args.get("ts"), len(c.args.get("text") or ""), repr((c.args.get("text") or "")[-30:]))
     assert shown[-1].endswith(t("cancelled_suffix", "en"))
     assert [(turn.role, turn.status) for turn in turns] == [("user", "cancelled")]
     assert fake.calls_to("chat.postEphemeral") == []

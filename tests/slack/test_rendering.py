@@ -74,18 +74,21 @@ async def test_long_japanese_answer_is_split_and_bold_renders(fake: FakeSlack, c
                                                                                    "reactions.remove"]
 
 
-async def test_streamed_edits_of_one_message_are_paced(fake: FakeSlack, client: AsyncWebClient) -> None:
+async def test_placeholder_edits_are_paced_and_streamed_edits_follow_the_service(
+        fake: FakeSlack, client: AsyncWebClient) -> None:
     clock = ManualClock()
     renderer = _renderer(client, clock)
+    await renderer.render(Placeholder("req-2", "Queued: #2", 2))
+    await renderer.render(Placeholder("req-2", "Queued: #1", 1))
+    await renderer.render(Placeholder("req-2", "Queued: #1", 1))  # unchanged: no call, no wait
     await renderer.render(Placeholder("req-2", "Thinking…"))
-    for text in ("One", "One two", "One two three"):
+    for text in ("One", "One two"):  # the service already spaced these
         await renderer.render(Streaming("req-2", (text,)))
-    await renderer.render(Final("req-2", ("One two three four",)))
+    await renderer.render(Final("req-2", ("One two three",)))
 
     updates = fake.calls_to("chat.update")
-    assert [u.args["text"] for u in updates] == ["One", "One two", "One two three", "One two three four"]
-    # each streamed edit waited out the interval since the previous write; the final one did not wait
-    assert clock.sleeps == [pytest.approx(SLACK_PROFILE.edit_interval_s)] * 3
+    assert [u.args["text"] for u in updates] == ["Queued: #1", "Thinking…", "One", "One two", "One two three"]
+    assert clock.sleeps == [pytest.approx(SLACK_PROFILE.edit_interval_s)] * 2
 
 
 async def test_a_new_message_starts_when_a_part_is_full_and_only_the_last_has_stop(
@@ -111,9 +114,11 @@ async def test_failure_replaces_the_placeholder_and_escapes(fake: FakeSlack, cli
 async def test_stop_from_someone_else_is_refused_privately(fake: FakeSlack, tmp_path: Path,
                                                            idle_worker: HttpWorkerClient) -> None:
     async with running_bot(fake, slack_settings(fake, tmp_path), idle_worker):
-        await fake.push(action_envelope(fake, action_id=STOP_ACTION_ID, value="req-unknown", user="U0BOB",
-                                        channel=CHANNEL, message_ts="5.000200", thread_ts=ROOT))
-        await fake.wait_for(lambda: fake.calls_to("chat.postEphemeral"))
+        for clicker in ("U0ALICE", "U0BOB"):  # the asker, too late (the answer ended): nothing to say
+            await fake.push(action_envelope(fake, action_id=STOP_ACTION_ID, value="req-over:U0ALICE",
+                                            user=clicker, channel=CHANNEL, message_ts="5.000200",
+                                            thread_ts=ROOT))
+        await fake.wait_for(lambda: fake.calls_to("chat.postEphemeral") and len(fake.acks) == 2)
     (refusal,) = fake.calls_to("chat.postEphemeral")
     assert refusal.args == {"channel": CHANNEL, "user": "U0BOB", "text": t("cancel_not_allowed", "en"),
                             "thread_ts": ROOT}

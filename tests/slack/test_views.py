@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from bot.adapters.slack.views import SECTION_TEXT_LIMIT, escape_control_characters, reply_blocks, to_mrkdwn
+from bot.adapters.slack.views import (
+    SECTION_TEXT_LIMIT,
+    escape_control_characters,
+    parse_stop_value,
+    reply_blocks,
+    stop_value,
+    to_mrkdwn,
+)
 from bot.adapters.slack.views import ZERO_WIDTH_SPACE as Z
 
 
@@ -34,3 +41,4 @@ def test_blocks_carry_a_stop_button_only_when_asked_and_only_when_the_text_fits(
     assert with_stop[1]["elements"][0]["value"] == "req-1"
     assert reply_blocks("hi") == [{"type": "section", "text": {"type": "mrkdwn", "text": "hi"}}]
     assert reply_blocks("x" * (SECTION_TEXT_LIMIT + 1), stop=("Stop", "r")) == []
+    assert parse_stop_value(stop_value("4f2a", "U0ALICE")) == ("4f2a", "U0ALICE")

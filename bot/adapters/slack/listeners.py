@@ -21,7 +21,7 @@ from bot.adapters.slack.errors import report_failure
 from bot.adapters.slack.files import FileAccessLog
 from bot.adapters.slack.incoming import SlackInbox
 from bot.adapters.slack.operations import ReplyRenderer, ReplyTarget
-from bot.adapters.slack.views import STOP_ACTION_ID, ephemeral_payload
+from bot.adapters.slack.views import STOP_ACTION_ID, ephemeral_payload, parse_stop_value
 from bot.chat.i18n import t
 from bot.chat.messages import Failed, IncomingMessage, Notice, PlatformProfile
 
@@ -72,8 +72,9 @@ class SlackListeners:
     async def on_stop(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
         user = body["user"]["id"]
-        if await self._service.cancel(action["value"], user_id=user):
-            return
+        request_id, asker = parse_stop_value(action["value"])
+        if await self._service.cancel(request_id, user_id=user) or user == asker:
+            return  # stopped, or the asker clicked just after the answer ended
         lang = self._service.language_for((await self._inbox.user(user)).locale)
         channel = body["channel"]["id"]
         thread_ts = body.get("message", {}).get("thread_ts")

@@ -2,10 +2,10 @@
 
 One :class:`ReplyRenderer` serves one incoming post. The placeholder is the first message of the answer
 (with a Stop button); streamed parts edit it and, once a part is full, continue in new messages in the
-same thread. The service already paces its ``Streaming`` events; the renderer additionally never edits one
-message twice within ``edit_interval_s`` while streaming (it waits rather than drop text), which is what
-Slack's per-message limits care about. An :eyes: reaction marks the user's post while the answer is being
-worked on.
+same thread. Pacing: the service emits ``Streaming`` at most once per ``edit_interval_s`` (the profile), so
+those edits go out at once (delaying them would only let the display fall behind the model); the
+placeholder's own edits (queue position, "thinking") are spaced here to at most one per interval per
+message. An :eyes: reaction marks the user's post while the answer is being worked on.
 
 Streamed and final parts arrive escaped for Slack by the service; notices, placeholders and failures are
 catalogue text (which may name a file) and are escaped here.
@@ -128,10 +128,8 @@ class ReplyRenderer:
             growing = not final and index == len(texts) - 1
             if index >= len(self._posted):
                 await self._post(text, stop=growing)
-            elif growing:
-                await self._paced_edit(index, text, stop=True)
             else:
-                await self._edit(index, text, stop=False)
+                await self._edit(index, text, stop=growing)
         if final:
             await self._drop_stop_buttons()
 
@@ -159,8 +157,10 @@ class ReplyRenderer:
         await self._edit(index, text, stop=stop)
 
     def _blocks(self, text: str, *, stop: bool) -> list[dict]:
-        button = (t("stop_button", self._target.lang), self._request_id) if stop and self._request_id else None
-        return views.reply_blocks(text, stop=button)
+        if not (stop and self._request_id):
+            return views.reply_blocks(text)
+        value = views.stop_value(self._request_id, self._target.user)
+        return views.reply_blocks(text, stop=(t("stop_button", self._target.lang), value))
 
     async def _post(self, text: str, *, stop: bool) -> None:
         response = await self._client.chat_postMessage(**views.message_payload(

@@ -55,8 +55,19 @@ def escape_control_characters(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def stop_value(request_id: str, asker_id: str) -> str:
+    """The Stop button's value: which request, and who asked (to word a refusal correctly)."""
+    return f"{request_id}:{asker_id}"
+
+
+def parse_stop_value(value: str) -> tuple[str, str]:
+    """(request id, asker id) from :func:`stop_value`'s output."""
+    request_id, _, asker_id = value.partition(":")
+    return request_id, asker_id
+
+
 def reply_blocks(text: str, *, stop: tuple[str, str] | None = None) -> list[dict[str, Any]]:
-    """One section with ``text``; with ``stop=(label, request_id)`` a Stop button under it.
+    """One section with ``text``; with ``stop=(label, value)`` a Stop button under it.
 
     Blocks are always sent (an empty list when the text is too long for a section), so that an edit
     also removes an earlier Stop button.
@@ -65,9 +76,9 @@ def reply_blocks(text: str, *, stop: tuple[str, str] | None = None) -> list[dict
         return []
     blocks: list[dict[str, Any]] = [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]
     if stop is not None:
-        label, request_id = stop
+        label, value = stop
         blocks.append({"type": "actions", "elements": [{
-            "type": "button", "action_id": STOP_ACTION_ID, "value": request_id, "style": "danger",
+            "type": "button", "action_id": STOP_ACTION_ID, "value": value, "style": "danger",
             "text": {"type": "plain_text", "text": label},
         }]})
     return blocks
