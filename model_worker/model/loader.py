@@ -40,7 +40,13 @@ def resolve_device(device: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but CUDA is not available here")
+    return resolved
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -83,12 +89,24 @@ def _limit_threads_for_tiny(model: MiniGPT4) -> None:
         log.info("tiny model on CPU: using one thread")
 
 
+def _read_tokenizer(llm_dir: Path, llm_config: GPTNeoXConfig) -> Tokenizer:
+    if not (llm_dir / "spiece.model").is_file():
+        raise WeightsError(f"missing {llm_dir / 'spiece.model'} (rinna's sentencepiece model)")
+    tokenizer = Tokenizer(llm_dir)
+    if tokenizer.vocab_size > llm_config.vocab_size:
+        raise WeightsError(f"spiece.model has {tokenizer.vocab_size} pieces but the model only "
+                           f"{llm_config.vocab_size} embeddings")
+    return tokenizer
+
+
 def load_model(weights: Path, *, device: str = "auto", dtype: str = "auto", use_cache: bool = True,
                cache_dir: Path | None = None, progress: Callable[[str], None] | None = None) -> LoadedModel:
     """Build the model from a weights directory (sources or bundle) and place it on the device."""
     started = time.perf_counter()
     weights = Path(weights)
     report = progress or (lambda message: log.info("loading: %s", message))
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
     if not weights.is_dir():
         raise WeightsError(f"weights directory {weights} does not exist (python -m model_worker download)")
     try:
@@ -96,18 +114,16 @@ def load_model(weights: Path, *, device: str = "auto", dtype: str = "auto", use_
     except ValueError as exc:
         raise WeightsError(f"bad arch.json in {weights}: {exc}") from exc
     llm_config = read_llm_config(weights / LLM_DIR)
+    tokenizer = _read_tokenizer(weights / LLM_DIR, llm_config)
     model = build_empty_model(arch, llm_config)
     tensors, source = _load_tensors(weights, model, use_cache=use_cache, cache_dir=cache_dir, progress=report)
     check_tensors(tensors, {k: v.shape for k, v in model.state_dict().items()})
     model.load_state_dict(tensors, strict=True, assign=True)
     materialize_buffers(model)
-    torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, torch_device)
     report(f"placing the model on {torch_device} ({torch_dtype})")
     place_model(model, device=torch_device, dtype=torch_dtype)
     if torch_device.type == "cpu":
         _limit_threads_for_tiny(model)
-    tokenizer = Tokenizer(weights / LLM_DIR)
     seconds = time.perf_counter() - started
     log.info("model loaded from %s (%s) on %s in %.2fs", weights, source, torch_device, seconds)
     return LoadedModel(model, tokenizer, arch, llm_config, torch_device, torch_dtype, source, seconds)

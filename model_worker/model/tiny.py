@@ -81,7 +81,7 @@ def _tokenizer_config() -> dict:
 def _random_tensor(name: str, shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
     """Scaled like a trained network (unit-variance activations), so outputs depend on every input."""
     noise = torch.randn(shape, generator=generator)
-    is_norm = any(part in name for part in (".norm", "LayerNorm", "layernorm", "ln_vision", "_layernorm"))
+    is_norm = any(part in name for part in (".norm", "LayerNorm", "layernorm", "layer_norm", "ln_vision"))
     if is_norm:
         return 1.0 + 0.1 * noise if name.endswith("weight") else 0.1 * noise
     if len(shape) >= 2 and name.endswith("weight") and "embed_in" not in name:

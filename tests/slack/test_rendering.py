@@ -111,6 +111,18 @@ async def test_failure_replaces_the_placeholder_and_escapes(fake: FakeSlack, cli
     assert len(fake.calls_to("chat.postMessage")) == 1 and fake.calls_to("reactions.remove")
 
 
+async def test_failure_after_streaming_keeps_the_partial_answer(fake: FakeSlack,
+                                                                client: AsyncWebClient) -> None:
+    renderer = _renderer(client)
+    await renderer.render(Placeholder("req-5", "Thinking…"))
+    await renderer.render(Streaming("req-5", ("Half an answer",)))
+    await renderer.render(Failed("req-5", t("worker_unavailable", "en"), code="unavailable"))
+    first, failure = fake.calls_to("chat.postMessage")
+    assert fake.shown_text(CHANNEL, first.result["ts"]) == "Half an answer"
+    assert failure.args["text"] == t("worker_unavailable", "en")
+    assert STOP_ACTION_ID not in str(fake.calls_to("chat.update", ts=first.result["ts"])[-1].args["blocks"])
+
+
 async def test_stop_from_someone_else_is_refused_privately(fake: FakeSlack, tmp_path: Path,
                                                            idle_worker: HttpWorkerClient) -> None:
     async with running_bot(fake, slack_settings(fake, tmp_path), idle_worker):

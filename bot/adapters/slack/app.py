@@ -25,12 +25,13 @@ def build_app(settings: Settings, service: ChatService, *, session: aiohttp.Clie
     if settings.slack_bot_token is None:
         raise ValueError("SLACK_BOT_TOKEN is required for the Slack adapter")
     bot_token = settings.slack_bot_token.get_secret_value()
-    client = AsyncWebClient(token=bot_token, base_url=settings.slack_api_base_url)
+    base_url = settings.slack_api_base_url.rstrip("/") + "/"  # slack_sdk joins method names onto it
+    client = AsyncWebClient(token=bot_token, base_url=base_url)
     client.retry_handlers.append(AsyncRateLimitErrorRetryHandler(max_retry_count=2))
     secret = settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else ""
     app = AsyncApp(client=client, signing_secret=secret, name="minigpt4",
                    logger=logging.getLogger("bot.adapters.slack.bolt"))
-    files = SlackFileFetcher(session, bot_token=bot_token, api_base_url=settings.slack_api_base_url,
+    files = SlackFileFetcher(session, bot_token=bot_token, api_base_url=base_url,
                              max_bytes=settings.max_image_bytes)
     inbox = SlackInbox(users=UserDirectory(client), files=files)
     register_listeners(app, SlackListeners(service=service, client=client, inbox=inbox))

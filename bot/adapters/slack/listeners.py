@@ -22,6 +22,7 @@ from bot.adapters.slack.files import FileAccessLog
 from bot.adapters.slack.incoming import SlackInbox
 from bot.adapters.slack.operations import ReplyRenderer, ReplyTarget
 from bot.adapters.slack.views import STOP_ACTION_ID, ephemeral_payload, parse_stop_value
+from bot.chat.commands import parse_command
 from bot.chat.i18n import t
 from bot.chat.messages import Failed, IncomingMessage, Notice, PlatformProfile
 
@@ -33,7 +34,6 @@ log = logging.getLogger(__name__)
 SLASH_COMMAND = "/minigpt4"
 # Parts fit a Block Kit section (3,000) and stay far below chat.update's practical ~4k msg_too_long.
 SLACK_PROFILE = PlatformProfile(platform="slack", max_message_chars=2900, edit_interval_s=1.2, markup="slack")
-_COMMAND_WORDS = {"reset": "reset", "リセット": "reset", "help": "help", "ヘルプ": "help"}
 
 
 def register_listeners(app: AsyncApp, listeners: SlackListeners) -> None:
@@ -61,8 +61,7 @@ class SlackListeners:
 
     async def on_command(self, ack: Any, command: dict[str, Any], respond: Any) -> None:
         await ack()
-        words = (command.get("text") or "").strip().lower().split()
-        name = _COMMAND_WORDS.get(words[0] if words else "help", "help")
+        name = parse_command(command.get("text") or "") or "help"  # the service's en/ja command words
         message = await self._inbox.from_command(command)
         async with aclosing(self._service.run_command(name, message, SLACK_PROFILE)) as replies:
             async for reply in replies:

@@ -68,6 +68,7 @@ class ReplyRenderer:
         self._clock = clock
         self._posted: list[_Posted] = []
         self._request_id: str | None = None
+        self._streamed = False  # model text has been shown (a failure must not erase it)
         self._reacted = False
 
     @property
@@ -124,6 +125,7 @@ class ReplyRenderer:
 
     async def _show(self, parts: tuple[str, ...], *, final: bool) -> None:
         texts = [views.to_mrkdwn(part) for part in parts if part.strip()]
+        self._streamed = self._streamed or bool(texts)
         for index, text in enumerate(texts):
             growing = not final and index == len(texts) - 1
             if index >= len(self._posted):
@@ -134,7 +136,7 @@ class ReplyRenderer:
             await self._drop_stop_buttons()
 
     async def _fail(self, text: str) -> None:
-        if len(self._posted) == 1 and self._request_id is not None:
+        if self._posted and not self._streamed:
             await self._edit(0, text, stop=False)  # only the placeholder so far: replace it
         else:
             await self._drop_stop_buttons()
