@@ -9,6 +9,8 @@ own unpadded KV; one that ends leaves at once, and padding columns no row needs 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from transformers import DynamicCache, PretrainedConfig
 
@@ -16,6 +18,18 @@ from model_worker.engine_api import Sequence
 
 #: Per layer (keys, values), each ``[rows, heads, length, head_dim]``.
 KV = list[tuple[torch.Tensor, torch.Tensor]]
+#: One decode step: ``(input_ids=, position_ids=, attention_mask=, cache=)`` -> logits ``[rows, vocab]``,
+#: appending the step's keys and values to ``cache`` in place.
+Decoder = Callable[..., torch.Tensor]
+
+
+def library_decoder(llm: torch.nn.Module) -> Decoder:
+    """The decode step as transformers' own forward."""
+
+    def step(**inputs: torch.Tensor | DynamicCache | None) -> torch.Tensor:
+        return llm(**inputs, use_cache=True).logits[:, -1]
+
+    return step
 
 
 def kv_of(cache: DynamicCache) -> KV:
@@ -112,16 +126,15 @@ class DecodeBatch:
             layer.values = layer.values.index_select(0, keep)[:, :, trim:]
         self._width -= trim
 
-    def step(self, model: torch.nn.Module, tokens: list[int]) -> torch.Tensor:
+    def step(self, decoder: Decoder, tokens: list[int]) -> torch.Tensor:
         """Feed each row its next token (in row order); returns the next-token logits ``[rows, vocab]``."""
         lengths = torch.tensor(self._lengths, dtype=torch.long, device=self._device)
         input_ids = torch.tensor(tokens, dtype=torch.long, device=self._device).unsqueeze(1)
-        output = model(input_ids=input_ids, position_ids=lengths.unsqueeze(1),
-                       attention_mask=self._attention_mask(lengths), cache=self._cache, use_cache=True)
-        self._cache = output.cache
+        logits = decoder(input_ids=input_ids, position_ids=lengths.unsqueeze(1),
+                         attention_mask=self._attention_mask(lengths), cache=self._cache)
         self._width += 1
         self._lengths = [length + 1 for length in self._lengths]
-        return output.logits[:, -1]
+        return logits
 
     def _attention_mask(self, lengths: torch.Tensor) -> torch.Tensor | None:
         """``[rows, width + 1]``: zero over each row's left padding; None when no row is padded."""
@@ -166,7 +179,8 @@ def _stacked_prefixes(prefixes: list[KV | None], width: int) -> KV:
     template = next(kv for kv in prefixes if kv)
     layers: KV = []
     for index, (k0, v0) in enumerate(template):
-        empty_k, empty_v = k0.new_zeros(1, k0.shape[1], width, k0.shape[3]), v0.new_zeros(1, v0.shape[1], width, v0.shape[3])
+        empty_k = k0.new_zeros(1, k0.shape[1], width, k0.shape[3])
+        empty_v = v0.new_zeros(1, v0.shape[1], width, v0.shape[3])
         keys = [_left_pad(kv[index][0], width) if kv else empty_k for kv in prefixes]
         values = [_left_pad(kv[index][1], width) if kv else empty_v for kv in prefixes]
         layers.append((torch.cat(keys), torch.cat(values)))

@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
-from model_worker.batch import KV, DecodeBatch, cache_of, kv_length, kv_of
+from model_worker.batch import KV, DecodeBatch, kv_length, library_decoder, prefill_together
 from model_worker.engine import MiniGPT4Engine, SequenceState
 from model_worker.engine_api import EngineError, Sequence
 from model_worker.engine_options import EngineOptions
 from model_worker.image_cache import ImageEmbeddingCache, image_hash
+from model_worker.lean_decode import LeanDecoder
 from model_worker.model.loader import LoadedModel
 from model_worker.model.preprocess import ImageDecodeError, decode_image, preprocess_images
 from model_worker.model.prompt import ContextTooLongError, TokenizedPrompt, fit_context
@@ -85,14 +86,18 @@ class BatchedEngine(MiniGPT4Engine):
         self.prefixes = PrefixCache(max_tokens=options.prefix_cache_tokens)
         self.batch = DecodeBatch(self.model.llm.config, device=self.device)
         self.stats = EngineStats()
-        self._forward = self._compiled_forward() if options.compile_decode else self.model.llm
+        self._forward = self.model.llm
+        self._decoder = LeanDecoder(self.model.llm) if options.lean_decode else library_decoder(self.model.llm)
+        if options.compile_decode:
+            self._compile()
 
-    def _compiled_forward(self) -> torch.nn.Module:
+    def _compile(self) -> None:
         if self.device.type != "cuda":
             log.warning("compile_decode only applies on CUDA; running %s uncompiled", self.device)
-            return self.model.llm
-        log.info("compiling the language model's forward (dynamic shapes)")
-        return torch.compile(self.model.llm, dynamic=True)
+            return
+        log.info("compiling the language model's forward and the decode step (dynamic shapes)")
+        self._forward = torch.compile(self.model.llm, dynamic=True)
+        self._decoder = torch.compile(self._decoder, dynamic=True)
 
     # ---- prepare (CPU side) ------------------------------------------------------------------------
 
@@ -141,13 +146,17 @@ class BatchedEngine(MiniGPT4Engine):
 
     @torch.inference_mode()
     def prefill(self, seqs: list[Sequence]) -> None:
-        """Encode the new images of all ``seqs`` in one ViT batch, then prefill each prompt past its cached
-        prefix and sample its first token."""
+        """Encode the new images of all ``seqs`` in one ViT batch, then run every prompt past its cached
+        prefix in one forward and sample each sequence's first token."""
+        started = time.perf_counter()
         self._encode_pending([seq.state for seq in seqs])
-        for seq in seqs:
-            started = time.perf_counter()
-            self._prefill_one(seq)
-            seq.state.timings["prefill_s"] = time.perf_counter() - started
+        rows = [self._prefill_row(seq.state) for seq in seqs]
+        own_kv, logits = prefill_together(self._forward, self.model.llm.config, rows)
+        elapsed = time.perf_counter() - started
+        for seq, kv, row_logits in zip(seqs, own_kv, logits, strict=True):
+            seq.state.kv = kv
+            seq.state.timings["prefill_s"] = elapsed
+            self._advance(seq, row_logits)
 
     def _encode_pending(self, states: list[BatchedState]) -> None:
         pending: dict[str, Image.Image] = {}
@@ -168,19 +177,15 @@ class BatchedEngine(MiniGPT4Engine):
                 state.embeddings[key] = fresh.get(key, self.images.get(key))
             state.pending = {}
 
-    def _prefill_one(self, seq: Sequence) -> None:
-        state: BatchedState = seq.state
+    def _prefill_row(self, state: BatchedState) -> tuple[KV | None, torch.Tensor]:
+        """The sequence's cached prefix (if any) and the embeddings of the positions still to compute."""
         length = state.prompt.length
         reused, prefix = self.prefixes.lookup(state.items, limit=length - 1)
-        embeds = self._prompt_embeddings(state)[:, reused:]
-        positions = torch.arange(reused, length, device=self.device).unsqueeze(0)
-        output = self._forward(inputs_embeds=embeds, position_ids=positions,
-                               cache=cache_of(prefix, self.model.llm.config), use_cache=True, logits_to_keep=1)
-        state.kv = kv_of(output.cache)
-        state.embeddings = {}  # the images are in the KV now
+        embeds = self._prompt_embeddings(state)[0, reused:]
+        state.embeddings = {}  # the images are in the embeddings now
         state.reused_tokens = reused
         self._count_prefill(reused, length - reused)
-        self._advance(seq, output.logits[0, -1])
+        return prefix, embeds
 
     def _prompt_embeddings(self, state: BatchedState) -> torch.Tensor:
         if state.image_keys:
@@ -212,7 +217,7 @@ class BatchedEngine(MiniGPT4Engine):
         if not self.batch.rows:
             return
         rows = list(self.batch.rows)
-        logits = self.batch.step(self._forward, [row.state.generated[-1] for row in rows])
+        logits = self.batch.step(self._decoder, [row.state.generated[-1] for row in rows])
         self.stats.decode_steps += 1
         self.stats.decoded_tokens += len(rows)
         for row, row_logits in zip(rows, logits, strict=True):

@@ -12,7 +12,8 @@ class EngineOptions:
     image_cache_entries: int = 256  # image embeddings kept by content hash
     image_cache_mb: float = 64.0  # ... and their memory at most (one real image: 32 x 2816 fp16 = 176 KB)
     prefix_cache_tokens: int = 4096  # positions of finished sequences' KV kept for follow-up turns
-    compile_decode: bool = False  # torch.compile the language model's forward (CUDA only)
+    lean_decode: bool = True  # decode steps without transformers' per-call plumbing (same modules, same maths)
+    compile_decode: bool = False  # torch.compile the language model's forward and decode step (CUDA only)
 
     @property
     def image_cache_bytes(self) -> int:

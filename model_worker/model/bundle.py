@@ -18,11 +18,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from model_worker.model.arch import ARCH_FILE, Arch
-from model_worker.model.weights import BLIP2_FILE, EVA_FILE, LLM_DIR, PROJECTION_FILE
+from model_worker.model.weights import BLIP2_FILE, EVA_FILE, LLM_DIR, PROJECTION_FILE, WeightsError
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def is_fresh(bundle_dir: Path, weights_dir: Path) -> bool:
         return False
     try:
         metadata = bundle_metadata(path)
-    except Exception:  # a truncated or foreign file is just stale  # noqa: BLE001
+    except (SafetensorError, OSError):  # a truncated or foreign file is just stale
         return False
     return metadata.get("format") == BUNDLE_FORMAT and metadata.get("sources") == source_fingerprint(weights_dir)
 
@@ -104,7 +104,10 @@ def write_bundle(out_dir: Path, tensors: Mapping[str, torch.Tensor], *, weights_
 def read_bundle(bundle_dir: Path) -> dict[str, torch.Tensor]:
     """The bundle's tensors, read through a memory map of the file."""
     tensors: dict[str, torch.Tensor] = {}
-    with safe_open(str(bundle_dir / BUNDLE_FILE), framework="pt", device="cpu") as handle:
-        for key in handle.keys():  # noqa: SIM118 - safe_open is not a Mapping
-            tensors[key] = handle.get_tensor(key)
+    try:
+        with safe_open(str(bundle_dir / BUNDLE_FILE), framework="pt", device="cpu") as handle:
+            for key in handle.keys():  # noqa: SIM118 - safe_open is not a Mapping
+                tensors[key] = handle.get_tensor(key)
+    except (SafetensorError, OSError) as exc:
+        raise WeightsError(f"cannot read the bundle {bundle_dir / BUNDLE_FILE}: {exc}") from exc
     return tensors

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from transformers import GPTNeoXConfig
 
@@ -28,8 +29,6 @@ EVA_FILE = "eva_vit_g.pth"
 BLIP2_FILE = "blip2_pretrained_flant5xxl.pth"
 PROJECTION_FILE = "checkpoint.pth"
 LLM_DIR = "gpt-neox"
-LLM_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                    "pytorch_model.bin.index.json")
 
 
 class WeightsError(RuntimeError):
@@ -41,26 +40,27 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise WeightsError(f"missing weights file {path} (python -m model_worker download fetches it)")
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        loaded = _torch_load(path, mmap=True)
+    except RuntimeError as exc:
+        if "mmap" not in str(exc):
+            raise WeightsError(f"cannot read {path.name}: {str(exc).splitlines()[0]}") from exc
+        loaded = _torch_load(path, mmap=False)  # legacy (non-zip) files cannot be memory-mapped
+    return _tensors_of(loaded, path)
+
+
+def _torch_load(path: Path, *, mmap: bool) -> object:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
-        detail = next((line.strip() for line in str(exc).splitlines() if "Unsupported" in line), "")
+        detail = next((line.strip() for line in str(exc).splitlines() if "Unsupported global" in line), None)
+        if detail is None:  # not a class reference: the bytes are no (intact) pickle at all
+            raise WeightsError(f"cannot read {path.name}: not a torch checkpoint ({str(exc).splitlines()[0]})") from exc
         raise WeightsError(
-            f"refusing {path.name}: it needs code to unpickle ({detail or 'not a plain tensor state dict'}); "
+            f"refusing {path.name}: it needs code to unpickle ({detail}); "
             "only plain state dicts of tensors are loaded (torch.load with weights_only=True)"
         ) from exc
-    except RuntimeError as exc:
-        if "mmap" not in str(exc):  # legacy (non-zip) files cannot be memory-mapped
-            raise WeightsError(f"cannot read {path.name}: {exc}") from exc
-        return read_state_dict_unmapped(path)
-    return _tensors_of(loaded, path)
-
-
-def read_state_dict_unmapped(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise WeightsError(f"refusing {path.name}: it needs code to unpickle ({exc})") from exc
-    return _tensors_of(loaded, path)
+    except (EOFError, ValueError, OSError, KeyError) as exc:
+        raise WeightsError(f"cannot read {path.name}: not a torch checkpoint ({type(exc).__name__}: {exc})") from exc
 
 
 def _tensors_of(loaded: object, path: Path) -> dict[str, torch.Tensor]:
@@ -77,8 +77,11 @@ def read_llm_config(llm_dir: Path) -> GPTNeoXConfig:
     path = llm_dir / "config.json"
     if not path.is_file():
         raise WeightsError(f"missing {path} (the HF directory of rinna/bilingual-gpt-neox-4b)")
-    raw = json.loads(path.read_text(encoding="utf-8"))
-    config = GPTNeoXConfig.from_pretrained(llm_dir)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        config = GPTNeoXConfig.from_pretrained(llm_dir)
+    except (ValueError, TypeError, OSError) as exc:  # JSONDecodeError is a ValueError
+        raise WeightsError(f"cannot read {path}: {exc}") from exc
     written_rotary = raw.get("rotary_pct", (raw.get("rope_parameters") or {}).get("partial_rotary_factor"))
     read_rotary = (config.rope_parameters or {}).get("partial_rotary_factor")
     if written_rotary is not None and float(read_rotary) != float(written_rotary):
@@ -94,8 +97,9 @@ def read_llm_config(llm_dir: Path) -> GPTNeoXConfig:
 def read_llm_state(llm_dir: Path) -> dict[str, torch.Tensor]:
     """The GPT-NeoX tensors: ``model.safetensors`` (preferred), sharded safetensors, or ``pytorch_model.bin``."""
     if (llm_dir / "model.safetensors").is_file():
-        return load_file(llm_dir / "model.safetensors")
-    for index_name, reader in (("model.safetensors.index.json", load_file), ("pytorch_model.bin.index.json", read_state_dict)):
+        return _read_safetensors(llm_dir / "model.safetensors")
+    for index_name, reader in (("model.safetensors.index.json", _read_safetensors),
+                               ("pytorch_model.bin.index.json", read_state_dict)):
         index = llm_dir / index_name
         if index.is_file():
             shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
@@ -103,6 +107,13 @@ def read_llm_state(llm_dir: Path) -> dict[str, torch.Tensor]:
     if (llm_dir / "pytorch_model.bin").is_file():
         return read_state_dict(llm_dir / "pytorch_model.bin")
     raise WeightsError(f"no GPT-NeoX weights in {llm_dir} (expected model.safetensors)")
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as exc:
+        raise WeightsError(f"cannot read {path}: {exc}") from exc
 
 
 def _rename(tensors: Mapping[str, torch.Tensor], rename: Callable[[str], str | None], source: str,
@@ -117,11 +128,24 @@ def _rename(tensors: Mapping[str, torch.Tensor], rename: Callable[[str], str | N
     return out
 
 
-def _blip2_name(key: str) -> str | None:
-    if key == "query_tokens" or key.startswith("ln_vision."):
-        return key
-    name = qformer_key(key)
-    return None if name is None else f"qformer.{name}"
+def model_name(source: str, key: str, *, vit_depth: int) -> str | None:
+    """The model's name for ``key`` of artefact ``source`` (``None``: not a tensor of the model).
+
+    eva_vit_g.pth keys are timm's names under ``visual_encoder.`` (blocks past ``vit_depth`` dropped);
+    blip2_pretrained_flant5xxl.pth gives ``query_tokens``, ``ln_vision`` and the Q-Former's query path;
+    checkpoint.pth gives ``llama_proj``; GPT-NeoX keys go under ``llm.`` (``embed_out`` -> ``lm_head``).
+    """
+    if source == EVA_FILE:
+        return f"visual_encoder.{key}" if vision_key(key, depth=vit_depth) else None
+    if source == BLIP2_FILE:
+        if key == "query_tokens" or key.startswith("ln_vision."):
+            return key
+        name = qformer_key(key)
+        return None if name is None else f"qformer.{name}"
+    if source == PROJECTION_FILE:
+        return key if key.startswith("llama_proj.") else None
+    # transformers 4.x checkpoints (rinna's) call the output head ``embed_out``; transformers 5 ``lm_head``.
+    return "llm.lm_head." + key[len("embed_out."):] if key.startswith("embed_out.") else f"llm.{key}"
 
 
 def read_sources(weights_dir: Path, arch: Arch, *, expected: Iterable[str],
@@ -130,30 +154,20 @@ def read_sources(weights_dir: Path, arch: Arch, *, expected: Iterable[str],
     expected = set(expected)
     ignored: dict[str, list[str]] = {}
     tensors: dict[str, torch.Tensor] = {}
-    steps = (
-        (EVA_FILE, lambda: read_state_dict(weights_dir / EVA_FILE),
-         lambda k: _known(f"visual_encoder.{k}", expected) if vision_key(k, depth=arch.vision.depth) else None),
-        (BLIP2_FILE, lambda: read_state_dict(weights_dir / BLIP2_FILE), lambda k: _known(_blip2_name(k), expected)),
-        (PROJECTION_FILE, lambda: read_state_dict(weights_dir / PROJECTION_FILE),
-         lambda k: k if k.startswith("llama_proj.") else None),
-        (LLM_DIR, lambda: read_llm_state(weights_dir / LLM_DIR), lambda k: _known(_llm_name(k), expected)),
-    )
-    for source, read, rename in steps:
+    readers = ((EVA_FILE, read_state_dict), (BLIP2_FILE, read_state_dict), (PROJECTION_FILE, read_state_dict),
+               (LLM_DIR, read_llm_state))
+    for source, read in readers:
         if progress:
             progress(f"reading {source}")
-        tensors.update(_rename(read(), rename, source, ignored))
+
+        def rename(key: str, source: str = source) -> str | None:
+            name = model_name(source, key, vit_depth=arch.vision.depth)
+            return name if name in expected else None
+
+        tensors.update(_rename(read(weights_dir / source), rename, source, ignored))
     for source, keys in ignored.items():
         log.info("ignored %d tensors of %s not used by the model (e.g. %s)", len(keys), source, ", ".join(keys[:3]))
     return tensors
-
-
-def _llm_name(key: str) -> str:
-    # transformers 4.x checkpoints (rinna's) call the output head ``embed_out``; transformers 5 ``lm_head``.
-    return "llm.lm_head." + key[len("embed_out."):] if key.startswith("embed_out.") else f"llm.{key}"
-
-
-def _known(name: str | None, expected: set[str]) -> str | None:
-    return name if name in expected else None
 
 
 def source_of(name: str) -> str:

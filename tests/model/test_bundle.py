@@ -57,3 +57,11 @@ def test_convert_command_writes_a_loadable_weights_dir(weights_copy, tmp_path):
     from_sources = load_model(weights_copy, device="cpu", use_cache=False)
     assert from_bundle.source == "bundle"
     assert torch.equal(logits_of(from_bundle), logits_of(from_sources))
+
+
+def test_damaged_cache_is_rebuilt(weights_copy):
+    load_model(weights_copy, device="cpu")
+    cached = weights_copy / LOCAL_CACHE_DIR / BUNDLE_FILE
+    cached.write_bytes(cached.read_bytes()[:100])
+    assert load_model(weights_copy, device="cpu").source == "sources"
+    assert load_model(weights_copy, device="cpu").source == "bundle"

@@ -144,3 +144,75 @@ def test_download_command_offline(tmp_path, capsys):
     assert code == 1 and err.startswith("error: cannot reach 127.0.0.1:")
     assert f"{closed}/eva_vit_g.pth" in err
     assert f"{closed}/rinna/bilingual-gpt-neox-4b/resolve/main/model.safetensors" in err
+
+
+class TinyMirror:
+    """A loopback stand-in for both origins, serving a make-tiny directory: the LAVIS files under
+    /lavis/<name>, and the two rinna repositories the way the hub's ``resolve`` route does."""
+
+    REPOS = {"rinna/bilingual-gpt-neox-4b-minigpt4": "", "rinna/bilingual-gpt-neox-4b": "gpt-neox/"}
+
+    def __init__(self, root) -> None:
+        self.root = root
+        self.requests: list[str] = []
+
+    async def lavis(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append(request.path)
+        return web.FileResponse(self.root / request.match_info["name"])
+
+    async def hub(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append(request.path)
+        repo = f"{request.match_info['org']}/{request.match_info['repo']}"
+        path = self.root / (self.REPOS[repo] + request.match_info["name"])
+        data = path.read_bytes()
+        headers = {"X-Repo-Commit": "0" * 40, "ETag": f'"{hashlib.sha256(data).hexdigest()}"'}
+        if request.method == "HEAD":
+            return web.Response(headers={**headers, "Content-Length": str(len(data))})
+        return web.Response(body=data, headers=headers)
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/lavis/{name}", self.lavis)
+        app.router.add_route("*", "/{org}/{repo}/resolve/{revision}/{name}", self.hub)
+        return app
+
+
+@contextmanager
+def serve_app(app: web.Application) -> Iterator[str]:
+    import asyncio
+
+    port = free_port()
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.run_until_complete(runner.cleanup())
+        loop.close()
+
+
+def test_download_command_fills_a_loadable_weights_dir(weights_copy, tmp_path, monkeypatch):
+    from model_worker.__main__ import main
+    from model_worker.model.loader import load_model
+
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    mirror = TinyMirror(weights_copy)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "arch.json").write_bytes((weights_copy / "arch.json").read_bytes())  # tiny sizes, not the real ones
+    with serve_app(mirror.app()) as base:
+        assert main(["download", "--dest", str(dest), "--hub-endpoint", base, "--lavis-base-url", f"{base}/lavis",
+                     "--timeout", "5"]) == 0
+        fetched = len(mirror.requests)
+        assert main(["download", "--dest", str(dest), "--hub-endpoint", base, "--lavis-base-url", f"{base}/lavis"]) == 0
+        assert len(mirror.requests) == fetched  # nothing missing: nothing fetched again
+    for name in ("eva_vit_g.pth", "blip2_pretrained_flant5xxl.pth", "checkpoint.pth", "gpt-neox/model.safetensors",
+                 "gpt-neox/spiece.model", "gpt-neox/config.json", "gpt-neox/tokenizer_config.json"):
+        assert (dest / name).read_bytes() == (weights_copy / name).read_bytes(), name
+    assert load_model(dest, device="cpu", use_cache=False).arch.vision.width == 32

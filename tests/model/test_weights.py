@@ -116,3 +116,27 @@ def test_neox_output_head_is_read_from_its_4x_name(loaded, tiny_weights):
         head = handle.get_tensor("embed_out.weight").float()
     assert torch.equal(loaded.model.llm.lm_head.weight, head)
     assert not torch.equal(loaded.model.llm.lm_head.weight, loaded.model.llm.gpt_neox.embed_in.weight)  # untied
+
+
+def test_legacy_pickle_format_is_read(weights_copy, loaded):
+    data = torch.load(weights_copy / "checkpoint.pth", weights_only=True)
+    torch.save(data, weights_copy / "checkpoint.pth", _use_new_zipfile_serialization=False)
+    reloaded = load_model(weights_copy, device="cpu", use_cache=False)
+    assert torch.equal(reloaded.model.llama_proj.weight, loaded.model.llama_proj.weight)
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage that is no checkpoint", b"PK\x03\x04truncated zip"])
+def test_unreadable_file_is_named(weights_copy, content):
+    (weights_copy / "eva_vit_g.pth").write_bytes(content)
+    with pytest.raises(WeightsError, match=r"cannot read eva_vit_g\.pth"):
+        load_model(weights_copy, device="cpu", use_cache=False)
+
+
+def test_corrupt_llm_files_are_named(weights_copy):
+    path = weights_copy / "gpt-neox" / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(WeightsError, match=r"cannot read .*model\.safetensors"):
+        load_model(weights_copy, device="cpu", use_cache=False)
+    (weights_copy / "gpt-neox" / "config.json").write_text("{not json")
+    with pytest.raises(WeightsError, match=r"cannot read .*config\.json"):
+        load_model(weights_copy, device="cpu", use_cache=False)

@@ -104,3 +104,10 @@ def test_a_row_not_asked_to_advance_is_set_aside_unchanged(make_engine):
     while not seqs[1].finished:
         engine.decode(seqs)
     assert seqs[1].state.generated == expected
+
+
+def test_the_lean_decode_step_matches_the_librarys_forward(make_engine):
+    requests = eight_requests()
+    library = run_together(make_engine(lean_decode=False), requests)
+    lean = run_together(make_engine(lean_decode=True), requests)
+    assert [s.state.generated for s in lean] == [s.state.generated for s in library]

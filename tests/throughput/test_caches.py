@@ -101,3 +101,20 @@ def test_the_prefix_cache_stays_within_its_bound_and_evicts_the_oldest(make_engi
     # The newest entry is still there: its prompt is reused up to the final "システム: ", whose space the
     # tokenizer merges with the reply's first word when the reply is part of the next prompt.
     assert engine.stats.prefix_reused_tokens - before >= last.prompt_tokens - 1
+
+
+def test_follow_ups_with_different_cached_prefixes_prefill_together_unchanged(make_engine):
+    engine, fresh = make_engine(), make_engine(prefix_cache_tokens=0)
+    openings = [[Turn(role="user", text=f"tell me about picture {i}", images=[ImageRef.from_bytes(png((9, 70 * i, 99)))])]
+                for i in range(3)]
+    firsts = [ask(engine, turns) for turns in openings]
+    follow_ups = [[*turns, Turn(role="assistant", text=first.text), Turn(role="user", text="why?" * (i + 1))]
+                  for i, (turns, first) in enumerate(zip(openings, firsts, strict=True))]
+    follow_ups.append([Turn(role="user", text="a brand new question without history")])
+    seqs = [engine.prepare(ChatRequest(conversation=turns, generation=GREEDY)) for turns in follow_ups]
+    before = engine.stats.prefix_cache_hits
+    engine.prefill(seqs)  # three reuse different prefixes, one has none: one forward for all four
+    while not all(seq.finished for seq in seqs):
+        engine.decode(seqs)
+    assert engine.stats.prefix_cache_hits - before >= 3
+    assert [s.state.generated for s in seqs] == [ask(fresh, turns).state.generated for turns in follow_ups]
