@@ -45,6 +45,7 @@ METRICS = ("worker_image_cache_hits_total", "worker_image_cache_misses_total", "
            "worker_prefix_cache_hits_total", "worker_prefix_reused_tokens_total", "worker_prefilled_tokens_total",
            "worker_decoded_tokens_total", "worker_decode_steps_total", "worker_decode_batch_size_sum",
            "worker_decode_batch_size_count")
+GAUGES = ("worker_gpu_peak_memory_bytes", "worker_image_cache_bytes", "worker_prefix_cache_tokens")
 
 
 @dataclass
@@ -133,6 +134,7 @@ async def drive_worker(handle, args: argparse.Namespace) -> tuple[list[Answer], 
     finally:
         await client.close()
     deltas = {name: metric_value(after, name) - metric_value(before, name) for name in METRICS}
+    deltas |= {name: metric_value(after, name) for name in GAUGES if name in after}
     return [answer for run in runs for answer in run], seconds, deltas
 
 

@@ -86,18 +86,16 @@ class BatchedEngine(MiniGPT4Engine):
         self.prefixes = PrefixCache(max_tokens=options.prefix_cache_tokens)
         self.batch = DecodeBatch(self.model.llm.config, device=self.device)
         self.stats = EngineStats()
-        self._forward = self.model.llm
         self._decoder = LeanDecoder(self.model.llm) if options.lean_decode else library_decoder(self.model.llm)
         if options.compile_decode:
             self._compile()
 
     def _compile(self) -> None:
-        if self.device.type != "cuda":
-            log.warning("compile_decode only applies on CUDA; running %s uncompiled", self.device)
-            return
-        log.info("compiling the language model's forward and the decode step (dynamic shapes)")
-        self._forward = torch.compile(self.model.llm, dynamic=True)
-        self._decoder = torch.compile(self._decoder, dynamic=True)
+        """Compile each layer's MLP (a pure function of its input, so inference tensors are fine); the first
+        requests are slow while it compiles."""
+        log.info("compiling the language model's MLPs (dynamic shapes)")
+        for layer in self.model.llm.gpt_neox.layers:
+            layer.mlp = torch.compile(layer.mlp, dynamic=True)
 
     # ---- prepare (CPU side) ------------------------------------------------------------------------
 
@@ -151,7 +149,7 @@ class BatchedEngine(MiniGPT4Engine):
         started = time.perf_counter()
         self._encode_pending([seq.state for seq in seqs])
         rows = [self._prefill_row(seq.state) for seq in seqs]
-        own_kv, logits = prefill_together(self._forward, self.model.llm.config, rows)
+        own_kv, logits = prefill_together(self.model.llm, self.model.llm.config, rows)
         elapsed = time.perf_counter() - started
         for seq, kv, row_logits in zip(seqs, own_kv, logits, strict=True):
             seq.state.kv = kv

@@ -38,6 +38,12 @@ class EngineStatsCollector(Collector):
             yield GaugeMetricFamily("worker_image_cache_entries", "Image embeddings held", value=len(images))
             yield GaugeMetricFamily("worker_image_cache_bytes", "Memory of the image embeddings held",
                                     value=images.bytes)
+        device = getattr(self._engine, "device", None)
+        if device is not None and device.type == "cuda":
+            import torch  # already loaded by the engine
+
+            yield GaugeMetricFamily("worker_gpu_peak_memory_bytes", "Peak GPU memory allocated by the worker",
+                                    value=torch.cuda.max_memory_allocated(device))
         prefixes = getattr(self._engine, "prefixes", None)
         if prefixes is not None:
             yield GaugeMetricFamily("worker_prefix_cache_tokens", "Positions of KV held by the prefix cache",

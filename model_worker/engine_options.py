@@ -13,7 +13,7 @@ class EngineOptions:
     image_cache_mb: float = 64.0  # ... and their memory at most (one real image: 32 x 2816 fp16 = 176 KB)
     prefix_cache_tokens: int = 4096  # positions of finished sequences' KV kept for follow-up turns
     lean_decode: bool = True  # decode steps without transformers' per-call plumbing (same modules, same maths)
-    compile_decode: bool = False  # torch.compile the language model's forward and decode step (CUDA only)
+    compile_decode: bool = False  # torch.compile each layer's MLP (slow first requests; off by default)
 
     @property
     def image_cache_bytes(self) -> int:

@@ -242,8 +242,7 @@ class Scheduler:
             except Exception as exc:  # a bug here must not leave every client hanging
                 self._fail(list(self._running), exc, step="scheduling")
             self._update_gauges()
-            if not self._running:
-                await asyncio.sleep(0)  # let the HTTP layer flush tokens between steps
+            await asyncio.sleep(0)  # let the HTTP layer flush tokens between steps
 
     async def _step(self) -> None:
         self._drop_stopped_and_expired()

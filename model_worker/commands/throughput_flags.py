@@ -25,7 +25,8 @@ def add_throughput_arguments(parser: argparse.ArgumentParser) -> None:
                                          f"prefills only its new tokens (0 disables; default "
                                          f"{_DEFAULTS.prefix_cache_tokens})")
     group.add_argument("--compile-decode", action="store_true",
-                       help="torch.compile the language model on CUDA (slower start; off by default)")
+                       help="torch.compile the language model's MLPs (the first requests wait for the compiler; "
+                            "about 20%% faster CPU decode steps on tiny weights; off by default)")
 
 
 def engine_options_from_args(args: argparse.Namespace) -> EngineOptions:
