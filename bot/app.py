@@ -35,9 +35,10 @@ async def connect_worker(settings: Settings, *, quiet_worker: bool = False) -> A
         log.info("using the shared Redis queue for model requests")
     elif settings.worker_url:
         from bot.worker_client.http import HttpWorkerClient
+        from bot.worker_client.image_refs import ImageRefClient
 
         token = settings.worker_token.get_secret_value() if settings.worker_token else None
-        client = HttpWorkerClient(settings.worker_url, token=token)
+        client = ImageRefClient(HttpWorkerClient(settings.worker_url, token=token))
         log.info("using the external worker at %s", settings.worker_url)
     else:
         async with _local_worker(settings, quiet=quiet_worker) as local:
@@ -52,6 +53,7 @@ async def connect_worker(settings: Settings, *, quiet_worker: bool = False) -> A
 @contextlib.asynccontextmanager
 async def _local_worker(settings: Settings, *, quiet: bool) -> AsyncIterator[WorkerClient]:
     from bot.weights import ensure_weights
+    from bot.worker_client.image_refs import ImageRefClient
     from bot.worker_client.supervisor import WorkerSupervisor
 
     weights = await asyncio.to_thread(ensure_weights, settings.model_weights, settings.data_dir)
@@ -67,7 +69,8 @@ async def _local_worker(settings: Settings, *, quiet: bool) -> AsyncIterator[Wor
         ),
     )
     async with supervisor:
-        yield supervisor.client
+        # Images cross the socket once; later turns refer to them by hash.
+        yield ImageRefClient(supervisor.client)
 
 
 def platforms_to_run(settings: Settings, mode: Mode) -> list[str]:

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor, Future
@@ -44,6 +45,9 @@ R = TypeVar("R")
 _INTERNAL_MESSAGE = "the worker failed while answering; its log has the details"
 
 
+_ARRIVAL_QUIET_S = 0.003  # no new request for this long: the arrivals have settled
+
+
 @dataclass(frozen=True)
 class SchedulerLimits:
     """Admission limits (the batch size itself comes from the engine)."""
@@ -52,6 +56,10 @@ class SchedulerLimits:
     request_timeout_s: float = 600.0  # from submission to the done event
     busy_retry_after_s: float = 5.0  # the hint sent with ``busy``
     max_tokens_in_flight: int | None = None  # running prompts + their max_new_tokens; None: no limit
+    # Decode steps run back to back on the engine thread for up to this long, unless a request arrives,
+    # is cancelled, or finishes: fewer thread hops and token events per token, same answers.
+    decode_burst_s: float = 0.02
+    arrival_window_s: float = 0.02  # when idle, how long the first arrival waits for company
 
 
 class Rejected(Exception):
@@ -121,6 +129,8 @@ class Scheduler:
         self._accepting = True
         self._stopping = False
         self._wakeup = asyncio.Event()
+        self._last_arrival = 0.0
+        self._interrupt = threading.Event()  # ends a decode burst early (read on the engine thread)
         self._idle = asyncio.Event()  # set while nothing is waiting, being prepared or running
         self._idle.set()
         self._background: set[asyncio.Task[None]] = set()
@@ -147,7 +157,7 @@ class Scheduler:
         context then ends the ticket with an ``error`` event.
         """
         self._check_admissible(request)
-        now = time.monotonic()
+        now = self._last_arrival = time.monotonic()
         ticket = Ticket(request, submitted_at=now, deadline=now + self._limits.request_timeout_s)
         self._tickets[ticket.request_id] = ticket
         self._preparing += 1
@@ -176,7 +186,7 @@ class Scheduler:
         for ticket in list(self._tickets.values()):
             self._request_stop(ticket, _Stop.SHUTDOWN)
         self._stopping = True
-        self._wakeup.set()
+        self._poke()
         if self._loop_task is not None:
             await self._loop_task
         # Requests still being prepared end with ``shutting_down`` once their prepare step returns.
@@ -209,7 +219,7 @@ class Scheduler:
             else:
                 self._waiting.push(ticket)
                 self._publish_positions()
-                self._wakeup.set()
+                self._poke()
         finally:
             self._preparing -= 1
             self._update_gauges()
@@ -221,7 +231,7 @@ class Scheduler:
         if self._waiting.remove(ticket):
             self._end(ticket, self._stop_event(ticket, ticket.stop))
             self._publish_positions()
-        self._wakeup.set()  # running tickets stop at the loop's next step
+        self._poke()  # running tickets stop at the loop's next step
 
     def _publish_positions(self) -> None:
         for position, ticket in enumerate(self._waiting, start=1):
@@ -236,6 +246,7 @@ class Scheduler:
             if not self._running and not self._waiting:
                 self._wakeup.clear()
                 await self._wakeup.wait()
+                await self._let_arrivals_settle()
                 continue
             try:
                 await self._step()
@@ -243,6 +254,20 @@ class Scheduler:
                 self._fail(list(self._running), exc, step="scheduling")
             self._update_gauges()
             await asyncio.sleep(0)  # let the HTTP layer flush tokens between steps
+
+    async def _let_arrivals_settle(self) -> None:
+        """Requests often arrive together (a busy channel, the next turns of several threads): when the
+        first wakes an idle loop, wait while others are still arriving or being prepared (briefly, at
+        most ``arrival_window_s``) so that they are prefilled as one batch and decode in step."""
+        deadline = time.monotonic() + self._limits.arrival_window_s
+        while True:
+            now = time.monotonic()
+            settled_at = deadline if self._preparing else min(deadline, self._last_arrival + _ARRIVAL_QUIET_S)
+            if now >= settled_at:
+                return
+            self._wakeup.clear()  # a finished preparation pokes it
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), settled_at - now)
 
     async def _step(self) -> None:
         self._drop_stopped_and_expired()
@@ -303,13 +328,33 @@ class Scheduler:
 
     async def _decode(self) -> None:
         batch = list(self._running)
-        self._metrics.batch_size.observe(len(batch))
+        self._interrupt.clear()
         try:
-            await self._call_engine(self._engine.decode, [t.seq for t in batch])
+            steps = await self._call_engine(self._decode_burst, [t.seq for t in batch])
         except Exception as exc:
             self._fail(batch, exc, step="decode")
             return
+        for _ in range(steps):
+            self._metrics.batch_size.observe(len(batch))
         self._forward_progress(batch)
+
+    def _decode_burst(self, seqs: list[Sequence]) -> int:
+        """On the engine thread: decode steps until one sequence finishes, the loop is poked (arrival,
+        cancel, shutdown) or the burst time is up. Returns the number of steps."""
+        deadline = time.monotonic() + self._limits.decode_burst_s
+        running = [seq for seq in seqs if not seq.finished]
+        steps = 0
+        while True:
+            self._engine.decode(running)
+            steps += 1
+            if (self._interrupt.is_set() or any(seq.finished for seq in running)
+                    or time.monotonic() >= deadline):
+                return steps
+
+    def _poke(self) -> None:
+        """Wake the loop, and end a running decode burst at its next step."""
+        self._wakeup.set()
+        self._interrupt.set()
 
     def _forward_progress(self, tickets: list[Ticket]) -> None:
         """Send each ticket's new text as a ``token`` event; end the finished ones with ``done``."""
