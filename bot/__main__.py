@@ -68,7 +68,11 @@ async def _run_until_signalled(settings: Settings, command: str, mode) -> int:
     if command == "sync-commands":
         from bot.adapters.discord import sync_commands
 
-        await sync_commands(settings)
+        try:
+            await sync_commands(settings)
+        except SettingsError as exc:
+            print(exc.message, file=sys.stderr)
+            return 2
         return 0
     main_task = asyncio.current_task()
     loop = asyncio.get_running_loop()

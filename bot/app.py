@@ -9,7 +9,7 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Literal
 
-from bot.settings import Settings
+from bot.settings import Settings, SettingsError
 from bot.worker_client.base import WorkerClient
 
 log = logging.getLogger(__name__)
@@ -124,6 +124,16 @@ async def wait_until_ready(worker: WorkerClient, *, poll_s: float = 0.5) -> None
 
 
 async def _run_front(name: str, settings: Settings, service) -> int:
+    """Run one front end; a platform that refuses our credentials stops only itself, with the reason."""
+    try:
+        return await _start_front(name, settings, service)
+    except SettingsError as exc:
+        log.error("%s stopped: %s", name, exc.message)
+        print(exc.message, file=sys.stderr)
+        return 2
+
+
+async def _start_front(name: str, settings: Settings, service) -> int:
     if name == "console":
         from bot.adapters.console import run_console
 

@@ -16,16 +16,12 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 IdList = Annotated[tuple[str, ...], NoDecode]
 
 
-class SettingsError(SystemExit):
-    """Raised for invalid settings; its text is the human message, and it exits with status 2."""
+class SettingsError(Exception):
+    """Invalid settings or refused credentials; its text is the one human message to show (exit status 2)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
-        self.code = 2
-
-    def __str__(self) -> str:
-        return self.message
 
 
 class Settings(BaseSettings):

@@ -100,3 +100,9 @@ def test_help_describes_every_subcommand(package: str) -> None:
 def test_missing_platform_credentials_are_explained() -> None:
     result = _run("-m", "bot", "discord", env={"DISCORD_TOKEN": ""})
     assert result.returncode == 2 and "DISCORD_TOKEN" in result.stderr
+
+
+def test_readme_configuration_table_lists_every_setting() -> None:
+    readme = (ROOT / "README.md").read_text()
+    missing = [name.upper() for name in Settings.model_fields if f"| `{name.upper()}` |" not in readme]
+    assert not missing, f"README configuration table lacks {missing}"

@@ -10,11 +10,12 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import discord
+import pytest
 
 from bot.adapters.discord import INTENT_MISSING, invite_url, run_discord, sync_commands
 from bot.chat.service import ChatService
 from bot.chat.store import Store
-from bot.settings import Settings
+from bot.settings import Settings, SettingsError
 from bot.worker_client.http import HttpWorkerClient
 from tests.discord.harness import discord_settings, running_bot
 from tests.fakes.discord_fake import FakeDiscord
@@ -80,11 +81,12 @@ async def test_missing_message_content_intent_gives_a_clear_message(tmp_path, ca
     settings = discord_settings(fake, tmp_path)
     try:
         async with _service(settings, tmp_path) as service:
-            await asyncio.wait_for(run_discord(settings, service), 20)  # returns by itself
+            with pytest.raises(SettingsError) as refused:  # stops by itself, saying what to switch on
+                await asyncio.wait_for(run_discord(settings, service), 20)
     finally:
         await fake.stop()
     assert fake.identify is not None
-    assert INTENT_MISSING in caplog.text
+    assert refused.value.message == INTENT_MISSING
 
 
 async def test_stopping_mid_answer_cancels_the_handlers_cleanly(fake_discord, recording_worker, tmp_path, caplog):

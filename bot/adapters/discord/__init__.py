@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import discord
 
-from bot.settings import Settings
+from bot.settings import Settings, SettingsError
 
 from .client import ChatClient, invite_url, point_at_endpoints
 
@@ -36,15 +36,17 @@ INTENT_MISSING = (
 
 
 async def run_discord(settings: Settings, service: ChatService) -> None:
-    """Connect to Discord and answer until cancelled (or until Discord refuses the login)."""
+    """Connect to Discord and answer until cancelled; raises :class:`SettingsError` with what to fix when
+    Discord refuses the token or the Message Content intent."""
     point_at_endpoints(settings)
     client = ChatClient(settings=settings, service=service)
     try:
         await client.start(_token(settings))
     except discord.PrivilegedIntentsRequired:
-        log.error(INTENT_MISSING)
+        raise SettingsError(INTENT_MISSING) from None
     except discord.LoginFailure:
-        log.error("Discord rejected DISCORD_TOKEN (401). Copy the bot token again from the developer portal.")
+        raise SettingsError("Discord rejected DISCORD_TOKEN (401). Copy the bot token again from the developer "
+                            "portal.") from None
     finally:
         await client.close()
 
