@@ -29,7 +29,7 @@ from model_worker.image_cache import ImageEmbeddingCache, image_hash
 from model_worker.lean_decode import LeanDecoder
 from model_worker.model.loader import LoadedModel
 from model_worker.model.preprocess import ImageDecodeError, decode_image, preprocess_images
-from model_worker.model.prompt import ContextTooLongError, TokenizedPrompt, fit_context
+from model_worker.model.prompt import TokenizedPrompt
 from model_worker.model.sampling import Sampler
 from model_worker.prefix_cache import Items, PrefixCache
 from model_worker.protocol import CONTEXT_LENGTH, ChatRequest, ErrorCode, ImageRef
@@ -102,13 +102,7 @@ class BatchedEngine(MiniGPT4Engine):
     def prepare(self, request: ChatRequest) -> Sequence:
         """Fit the conversation to the context, resolve its images by hash, tokenize the prompt."""
         params = request.generation
-        try:
-            turns, prompt = fit_context(
-                request.conversation, self.tokenizer, num_queries=self.loaded.arch.qformer.num_queries,
-                max_new_tokens=params.max_new_tokens, context_length=self.context_length,
-            )
-        except ContextTooLongError as exc:
-            raise EngineError(ErrorCode.CONTEXT_TOO_LONG, str(exc), needed=exc.needed, available=exc.available) from exc
+        turns, prompt = self.fit(request)
         state = BatchedState(prompt=prompt, images=[], sampler=Sampler.for_params(params, device=self.device))
         self._resolve_images([ref for turn in turns if turn.role == "user" for ref in turn.images], state)
         state.items = prompt_items(prompt, state.image_keys)

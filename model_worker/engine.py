@@ -65,13 +65,7 @@ class MiniGPT4Engine:
     def prepare(self, request: ChatRequest) -> Sequence:
         """Fit the conversation to the context, decode the kept images, tokenize the prompt."""
         params = request.generation
-        try:
-            turns, prompt = fit_context(
-                request.conversation, self.tokenizer, num_queries=self.loaded.arch.qformer.num_queries,
-                max_new_tokens=params.max_new_tokens, context_length=self.context_length,
-            )
-        except ContextTooLongError as exc:
-            raise EngineError(ErrorCode.CONTEXT_TOO_LONG, str(exc), needed=exc.needed, available=exc.available) from exc
+        turns, prompt = self.fit(request)
         refs = [ref for turn in turns if turn.role == "user" for ref in turn.images]
         images = self.resolve_images(refs)
         state = SequenceState(prompt=prompt, images=images, sampler=Sampler.for_params(params, device=self.device))
@@ -79,6 +73,17 @@ class MiniGPT4Engine:
             log.info("request %s: dropped %d oldest turns to fit the context", request.request_id,
                      len(request.conversation) - len(turns))
         return Sequence(request=request, prompt_tokens=prompt.length, state=state)
+
+    def fit(self, request: ChatRequest) -> tuple[list, TokenizedPrompt]:
+        """The turns kept within the context budget and their tokenized prompt (``context_too_long``
+        when the newest turn alone does not fit)."""
+        try:
+            return fit_context(
+                request.conversation, self.tokenizer, num_queries=self.loaded.arch.qformer.num_queries,
+                max_new_tokens=request.generation.max_new_tokens, context_length=self.context_length,
+            )
+        except ContextTooLongError as exc:
+            raise EngineError(ErrorCode.CONTEXT_TOO_LONG, str(exc), needed=exc.needed, available=exc.available) from exc
 
     def resolve_images(self, refs: list[ImageRef]) -> list[Image.Image]:
         """Decoded images for the prompt's image slots, in order (hash references are not held yet)."""

@@ -14,6 +14,8 @@ fi
 stamp="$venv/.installed-$extras"
 if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
     echo "==> installing minigpt4-bot[$extras] into .venv (first time takes a few minutes)"
+    # Some pip configurations list index folders that do not exist; their warnings are noise here.
+    exec 3>&2 2> >(grep -v "is ignored: it is neither a file nor a directory" >&3)
     "$venv/bin/python" -m pip install --quiet --upgrade pip
     case "$extras" in
         *worker*|*all*)
