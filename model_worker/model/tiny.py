@@ -61,10 +61,21 @@ def train_tokenizer(seed: int = 0) -> bytes:
     return model.getvalue()
 
 
-def _llm_config(vocab_size: int) -> dict:
+def scaled_sizes(scale: int) -> tuple[dict, dict]:
+    """The tiny architecture and LLM sizes with every width multiplied by ``scale`` (1: the tiny model).
+    Larger scales make files big enough to time loading, still far from the real model."""
+    if scale == 1:
+        return TINY_ARCH, TINY_LLM
+    vision = {**TINY_ARCH["vision"], "width": 32 * scale, "mlp_dim": int(32 * scale * 4.3637)}
+    qformer = {**TINY_ARCH["qformer"], "hidden": 32 * scale, "intermediate": 64 * scale}
+    llm = {**TINY_LLM, "hidden_size": 64 * scale, "intermediate_size": 256 * scale}
+    return {"vision": vision, "qformer": qformer}, llm
+
+
+def _llm_config(vocab_size: int, llm_sizes: dict) -> dict:
     # Legacy field names, as rinna's config.json (written by transformers 4.x) has them.
     return {
-        "architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox", **TINY_LLM, "vocab_size": vocab_size,
+        "architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox", **llm_sizes, "vocab_size": vocab_size,
         "hidden_act": "gelu", "rotary_pct": 1.0, "rotary_emb_base": 10000, "max_position_embeddings": 2048,
         "layer_norm_eps": 1e-5, "use_parallel_residual": False, "tie_word_embeddings": False,
         "initializer_range": 0.02, "bos_token_id": 2, "eos_token_id": 3, "use_cache": True,
@@ -146,37 +157,40 @@ def _projection_file(state: dict[str, torch.Tensor], llm_layers: int) -> dict:
     return {"model": model, "optimizer": optimizer, "epoch": 3}
 
 
-def _llm_file(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _llm_file(state: dict[str, torch.Tensor], layers: int) -> dict[str, torch.Tensor]:
     """fp16 tensors named as transformers 4.x saved GPT-NeoX (``embed_out``), with its attention buffers."""
     llm = {("embed_out." + k[len("lm_head."):] if k.startswith("lm_head.") else k): v.half().contiguous()
            for k, v in _strip(state, "llm.").items()}
-    for layer in range(TINY_LLM["num_hidden_layers"]):
+    for layer in range(layers):
         base = f"gpt_neox.layers.{layer}.attention."
         llm[base + "masked_bias"] = torch.tensor(-1e9)
         llm[base + "rotary_emb.inv_freq"] = torch.rand(8)
     return llm
 
 
-def make_tiny(out: Path, seed: int = 0) -> None:
-    """Write tiny random weights for the real loader into ``out`` (created if needed)."""
+def make_tiny(out: Path, seed: int = 0, *, scale: int = 1) -> None:
+    """Write tiny random weights for the real loader into ``out`` (created if needed); ``scale``
+    multiplies every width (see :func:`scaled_sizes`)."""
     from transformers import GPTNeoXConfig
 
     out = Path(out)
     (out / LLM_DIR).mkdir(parents=True, exist_ok=True)
     spm_bytes = train_tokenizer(seed)
     vocab = spm.SentencePieceProcessor(model_proto=spm_bytes).get_piece_size()
-    llm_dict = _llm_config(vocab)
-    arch = arch_from_dict(TINY_ARCH)
+    arch_sizes, llm_sizes = scaled_sizes(scale)
+    llm_dict = _llm_config(vocab, llm_sizes)
+    arch = arch_from_dict(arch_sizes)
     with torch.device("meta"):
         skeleton = MiniGPT4(arch, GPTNeoXConfig.from_dict(llm_dict))
     generator = torch.Generator().manual_seed(seed)
     state = _random_state(skeleton, generator)
     torch.save(_eva_file(state, arch), out / EVA_FILE)
     torch.save(_blip2_file(state, arch, generator), out / BLIP2_FILE)
-    torch.save(_projection_file(state, TINY_LLM["num_hidden_layers"]), out / PROJECTION_FILE)
-    save_file(_llm_file(state), out / LLM_DIR / "model.safetensors", metadata={"format": "pt"})
+    layers = llm_sizes["num_hidden_layers"]
+    torch.save(_projection_file(state, layers), out / PROJECTION_FILE)
+    save_file(_llm_file(state, layers), out / LLM_DIR / "model.safetensors", metadata={"format": "pt"})
     (out / LLM_DIR / "spiece.model").write_bytes(spm_bytes)
     (out / LLM_DIR / "config.json").write_text(json.dumps(llm_dict, indent=2) + "\n", encoding="utf-8")
     (out / LLM_DIR / "tokenizer_config.json").write_text(json.dumps(_tokenizer_config(), indent=2) + "\n",
                                                          encoding="utf-8")
-    (out / ARCH_FILE).write_text(json.dumps(TINY_ARCH, indent=2) + "\n", encoding="utf-8")
+    (out / ARCH_FILE).write_text(json.dumps(arch_sizes, indent=2) + "\n", encoding="utf-8")

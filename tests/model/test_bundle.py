@@ -65,3 +65,12 @@ def test_damaged_cache_is_rebuilt(weights_copy):
     cached.write_bytes(cached.read_bytes()[:100])
     assert load_model(weights_copy, device="cpu").source == "sources"
     assert load_model(weights_copy, device="cpu").source == "bundle"
+
+
+def test_scaled_tiny_weights_load_with_wider_layers(tmp_path):
+    from model_worker.model.tiny import make_tiny
+
+    make_tiny(tmp_path, seed=0, scale=2)
+    loaded = load_model(tmp_path, device="cpu", use_cache=False)
+    assert loaded.llm_config.hidden_size == 128 and loaded.arch.vision.width == 64
+    assert torch.isfinite(logits_of(loaded)).all()
