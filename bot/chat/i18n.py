@@ -57,11 +57,8 @@ _EN: dict[str, str] = {
     "internal": "Something went wrong while answering. Try again; the operator can find details in the log.",
     # adapters' static labels
     "stop_button": "Stop",
-    "stopped_by": "Stopped.",
     "cmd_reset_description": "Start a new conversation here",
     "cmd_help_description": "How to use this bot",
-    "slack_file_no_access": "I can't read files shared here. Ask the admin to add the files:read scope "
-    "and reinstall the app.",
     "cancel_not_allowed": "Only the person who asked (or an admin) can stop this answer.",
     "cmd_reset_name": "reset",  # Discord slash-command names (lower case, no spaces)
     "cmd_help_name": "help",
@@ -116,11 +113,8 @@ _JA: dict[str, str] = {
     "bad_image": "モデルが画像の 1 つを使えませんでした。別のファイルでお試しください。",
     "internal": "回答中に問題が発生しました。もう一度お試しください。詳細は運用者のログにあります。",
     "stop_button": "停止",
-    "stopped_by": "停止しました。",
     "cmd_reset_description": "この場所で新しい会話を始めます",
     "cmd_help_description": "このボットの使い方",
-    "slack_file_no_access": "ここで共有されたファイルを読めません。管理者に files:read スコープの追加と"
-    "アプリの再インストールを依頼してください。",
     "cancel_not_allowed": "この回答を止められるのは質問した本人か管理者だけです。",
     "cmd_reset_name": "リセット",
     "cmd_help_name": "ヘルプ",
