@@ -162,6 +162,7 @@ class Scheduler:
         self._tickets[ticket.request_id] = ticket
         self._preparing += 1
         self._update_gauges()
+        self._interrupt.set()  # its preparation runs on the engine thread: end a decode burst now
         self._spawn(self._prepare(ticket))
         return ticket
 
