@@ -20,6 +20,8 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from tests.fakes.loopback import serve_on_loopback, stop_serving
+
 MESSAGE_CONTENT_INTENT = 1 << 15
 JSON_HEADERS = {"Content-Type": "application/json"}  # exactly this: discord.py ignores "; charset=..."
 
@@ -93,18 +95,11 @@ class FakeDiscord:
         app.router.add_get("/gateway", self._gateway)
         app.router.add_get("/attachments/{path:.+}", self._cdn_file)
         app.router.add_route("*", "/api/v10/{path:.+}", self._rest)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # the ephemeral port the OS picked
+        self._runner, self.port = await serve_on_loopback(app)
         return self
 
     async def stop(self) -> None:
-        for ws in list(self._sockets):
-            await ws.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await stop_serving(self._runner, self._sockets)
 
     @property
     def api_base_url(self) -> str:
