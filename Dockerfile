@@ -6,7 +6,8 @@
 
 FROM python:3.11-slim AS base
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN useradd --create-home --uid 10001 app
+RUN useradd --create-home --uid 10001 app \
+    && mkdir -p /run/minigpt4 /data /weights && chown app /run/minigpt4 /data /weights
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY bot ./bot
