@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         print(exc.message, file=sys.stderr)
         return 2
     from bot.app import platforms_to_run
-    from bot.logging_setup import configure_logging
+    from model_worker.logging_setup import configure_logging
 
     mode = "auto" if command in ("run", "check", "sync-commands") else command
     console = platforms_to_run(settings, mode) == ["console"] and command != "check"

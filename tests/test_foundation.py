@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.logging_setup import SecretMasker
 from bot.settings import Settings, SettingsError, load_settings
+from model_worker.logging_setup import SecretMasker
 
 ROOT = Path(__file__).resolve().parents[1]
 

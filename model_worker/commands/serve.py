@@ -14,6 +14,7 @@ from model_worker.commands.throughput_flags import (
     engine_options_from_args,
     max_tokens_in_flight,
 )
+from model_worker.logging_setup import configure_logging
 from model_worker.scheduler import SchedulerLimits
 from model_worker.serving import ServeConfig, ServeError, serve
 
@@ -58,9 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return asyncio.run(serve(config_from_args(args)))
+        config = config_from_args(args)
+        configure_logging(args.log_level, secrets=[s for s in (config.token, config.queue_url) if s])
+        return asyncio.run(serve(config))
     except ServeError as exc:
         print(f"serve: {exc}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""Levelled, one-line-per-event logging with secrets masked, for both processes."""
+"""Levelled, one-line-per-event logging with secrets masked, for both processes (bot and worker)."""
 
 from __future__ import annotations
 
