@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,35 +11,11 @@ from bot.chat.messages import IncomingMessage, PlatformProfile, Reply
 from bot.chat.service import ChatService
 from bot.chat.store import Store
 from bot.settings import Settings
-from model_worker.protocol import ChatRequest, DoneEvent, Event, ReadyInfo
+from model_worker.protocol import ChatRequest
+from tests.support.recording import RecordingWorker
 
 DISCORD_PROFILE = PlatformProfile(platform="discord", max_message_chars=2000, edit_interval_s=0.0, markup="discord")
 SLACK_PROFILE = PlatformProfile(platform="slack", max_message_chars=3900, edit_interval_s=0.0, markup="slack")
-
-
-class RecordingClient:
-    """The real worker client, recording every request it sends and every ``done`` it receives."""
-
-    def __init__(self, client) -> None:
-        self._client = client
-        self.requests: list[ChatRequest] = []
-        self.done: list[DoneEvent] = []
-
-    async def chat(self, request: ChatRequest) -> AsyncIterator[Event]:
-        self.requests.append(request)
-        async for event in self._client.chat(request):
-            if isinstance(event, DoneEvent):
-                self.done.append(event)
-            yield event
-
-    async def cancel(self, request_id: str) -> None:
-        await self._client.cancel(request_id)
-
-    async def ready(self) -> ReadyInfo:
-        return await self._client.ready()
-
-    async def close(self) -> None:
-        await self._client.close()
 
 
 @dataclass
@@ -50,14 +25,14 @@ class ChatHarness:
     settings: Settings
     worker_client_factory: object
     store: Store | None = None
-    worker: RecordingClient | None = None
+    worker: RecordingWorker | None = None
     service: ChatService | None = None
     requests: list[ChatRequest] = field(default_factory=list)
     service_options: dict[str, object] = field(default_factory=dict)
 
     async def start(self) -> ChatHarness:
         self.store = await Store.open(self.settings.database_path)
-        self.worker = RecordingClient(self.worker_client_factory())
+        self.worker = RecordingWorker(self.worker_client_factory())
         self.worker.requests = self.requests  # one record across restarts
         self.service = ChatService(settings=self.settings, store=self.store, worker=self.worker,
                                    **self.service_options)

@@ -14,7 +14,8 @@ from bot.chat.i18n import t
 from bot.chat.service import ChatService
 from bot.chat.store import Store
 from tests.chat import hostile_images as h
-from tests.chat.conftest import RecordingClient, make_settings
+from tests.chat.conftest import make_settings
+from tests.support.recording import RecordingWorker
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -52,7 +53,7 @@ def test_console_session_attaches_an_image_answers_resets_and_quits(tmp_path: Pa
 async def test_run_console_with_pipes_in_japanese(tmp_path: Path, worker) -> None:
     settings = make_settings(tmp_path, default_language="ja")
     store = await Store.open(settings.database_path)
-    client = RecordingClient(worker.client())
+    client = RecordingWorker(worker.client())
     try:
         service = ChatService(settings=settings, store=store, worker=client)
         stdin = io.StringIO(f"/image {tmp_path / 'missing.png'}\n/help\n/frobnicate\nこんにちは\n")
@@ -66,4 +67,4 @@ async def test_run_console_with_pipes_in_japanese(tmp_path: Path, worker) -> Non
     assert "リセット" in out and t("console_unknown_command", "ja", command="/frobnicate") in out
     assert [turn.text for turn in client.requests[0].conversation] == ["こんにちは"]
     assert client.requests[0].user == "console:tester"
-    assert client.done[0].text.strip() in out and out.rstrip().endswith(t("console_bye", "ja"))
+    assert client.answers[0].text.strip() in out and out.rstrip().endswith(t("console_bye", "ja"))

@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.discord.harness import RecordingWorker
 from tests.fakes.discord_fake import FakeDiscord
+from tests.support.recording import RecordingWorker
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import io
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
@@ -17,33 +16,7 @@ from bot.chat.service import ChatService
 from bot.chat.store import Store
 from bot.settings import Settings
 from bot.worker_client.base import WorkerClient
-from model_worker.protocol import ChatRequest, DoneEvent, Event, ReadyInfo
 from tests.fakes.discord_fake import FakeDiscord, RecordedRequest
-
-
-@dataclass
-class RecordingWorker:
-    """A real worker client that also keeps every request it sent and every answer it got."""
-
-    inner: WorkerClient
-    requests: list[ChatRequest] = field(default_factory=list)
-    answers: list[DoneEvent] = field(default_factory=list)
-
-    async def chat(self, request: ChatRequest) -> AsyncIterator[Event]:
-        self.requests.append(request)
-        async for event in self.inner.chat(request):
-            if isinstance(event, DoneEvent):
-                self.answers.append(event)
-            yield event
-
-    async def cancel(self, request_id: str) -> None:
-        await self.inner.cancel(request_id)
-
-    async def ready(self) -> ReadyInfo:
-        return await self.inner.ready()
-
-    async def close(self) -> None:
-        await self.inner.close()
 
 
 def png_bytes(size: tuple[int, int] = (64, 48), colour: str = "orange") -> bytes:

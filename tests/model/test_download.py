@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import os
@@ -54,25 +55,30 @@ class FileServer:
 
 
 @contextmanager
-def serve(handler: FileServer) -> Iterator[str]:
-    import asyncio
-
+def serve_app(app: web.Application) -> Iterator[str]:
+    """Serve ``app`` on 127.0.0.1 from a background thread (the download code is synchronous)."""
     port = free_port()
     loop = asyncio.new_event_loop()
-    app = web.Application()
-    app.router.add_get("/file", handler.handle)
     runner = web.AppRunner(app)
     loop.run_until_complete(runner.setup())
     loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{port}/file"
+        yield f"http://127.0.0.1:{port}"
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
         loop.run_until_complete(runner.cleanup())
         loop.close()
+
+
+@contextmanager
+def serve(handler: FileServer) -> Iterator[str]:
+    app = web.Application()
+    app.router.add_get("/file", handler.handle)
+    with serve_app(app) as base_url:
+        yield f"{base_url}/file"
 
 
 def test_interrupted_download_resumes_and_verifies(tmp_path):
@@ -175,26 +181,6 @@ class TinyMirror:
         app.router.add_get("/lavis/{name}", self.lavis)
         app.router.add_route("*", "/{org}/{repo}/resolve/{revision}/{name}", self.hub)
         return app
-
-
-@contextmanager
-def serve_app(app: web.Application) -> Iterator[str]:
-    import asyncio
-
-    port = free_port()
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(app)
-    loop.run_until_complete(runner.setup())
-    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
-        loop.run_until_complete(runner.cleanup())
-        loop.close()
 
 
 def test_download_command_fills_a_loadable_weights_dir(weights_copy, tmp_path, monkeypatch):
