@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from bot.logging_setup import PLATFORM_TOKEN_SHAPES
 from bot.settings import Settings, SettingsError, load_settings
-from model_worker.logging_setup import SecretMasker
+from model_worker.wire.logs import SecretMasker
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,9 +67,11 @@ def test_bad_setting_stops_start_up_with_one_clear_message() -> None:
 
 
 def test_log_lines_never_show_secrets() -> None:
-    masker = SecretMasker(["s3cret-value"])
-    text = masker.mask("token s3cret-value xoxb-1234567890-abcdef and redis://:pw123@host:6379/0")
-    assert "s3cret-value" not in text and "xoxb-1234567890" not in text and "pw123" not in text
+    masker = SecretMasker(["s3cret-value"], PLATFORM_TOKEN_SHAPES)
+    text = masker.mask("token s3cret-value xoxb-1234567890-abcdef and redis://:pw123@host:6379/0 "
+                       "Authorization: Bearer abcdefgh12345678 MTIzNDU2Nzg5MDEyMzQ1Njc4OTAx.GaBcDe.abcdefghijklmnopqrstuvwxyz0")
+    for secret in ("s3cret-value", "xoxb-1234567890", "pw123", "abcdefgh12345678", "MTIzNDU2Nzg5"):
+        assert secret not in text, text
 
 
 def test_importing_the_bot_never_imports_the_model_stack() -> None:
@@ -76,7 +79,7 @@ def test_importing_the_bot_never_imports_the_model_stack() -> None:
         "import pkgutil, importlib, sys, bot\n"
         "for m in pkgutil.walk_packages(bot.__path__, 'bot.'):\n"
         "    importlib.import_module(m.name)\n"
-        "import model_worker.protocol\n"
+        "import model_worker.wire.protocol\n"
         "heavy = sorted(n for n in ('torch', 'transformers', 'timm') if n in sys.modules)\n"
         "print('HEAVY:', heavy)\n"
     )

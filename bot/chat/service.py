@@ -45,7 +45,7 @@ from bot.chat.splitting import prepare_parts
 from bot.chat.store import ConversationKey, DuplicateMessage, Store
 from bot.settings import Settings
 from bot.worker_client.base import WorkerClient, WorkerError
-from model_worker.protocol import (
+from model_worker.wire.protocol import (
     ChatRequest,
     DoneEvent,
     FinishReason,

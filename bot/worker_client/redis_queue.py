@@ -27,7 +27,7 @@ from bot.worker_client.base import (
     WorkerUnavailable,
     error_from_event,
 )
-from model_worker.protocol import (
+from model_worker.wire.protocol import (
     ChatRequest,
     DoneEvent,
     ErrorEvent,
@@ -37,7 +37,7 @@ from model_worker.protocol import (
     ReadyInfo,
     Turn,
 )
-from model_worker.queue_streams import (
+from model_worker.wire.queue_streams import (
     BACKLOG_SCRIPT,
     BLOCK_MS,
     DEFAULT_GROUP,

@@ -11,7 +11,7 @@ from bot.chat.messages import IncomingMessage, PlatformProfile, Reply
 from bot.chat.service import ChatService
 from bot.chat.store import Store
 from bot.settings import Settings
-from model_worker.protocol import ChatRequest
+from model_worker.wire.protocol import ChatRequest
 from tests.support.recording import RecordingWorker
 
 DISCORD_PROFILE = PlatformProfile(platform="discord", max_message_chars=2000, edit_interval_s=0.0, markup="discord")

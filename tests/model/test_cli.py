@@ -15,7 +15,7 @@ from PIL import Image
 from model_worker.__main__ import main
 from model_worker.model.preprocess import decode_image, preprocess_images
 from model_worker.model.prompt import build_prompt, tokenize_prompt
-from model_worker.protocol import Turn
+from model_worker.wire.protocol import Turn
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:

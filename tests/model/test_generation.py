@@ -8,11 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from model_worker.engine import MiniGPT4Engine
-from model_worker.engine_api import EngineError
+from model_worker.engine.engine import MiniGPT4Engine
+from model_worker.engine.sequence import EngineError
 from model_worker.model.reference import ReferenceTurn, reference_generate
 from model_worker.model.reply import read_reply, stable_text
-from model_worker.protocol import ChatRequest, ErrorCode, FinishReason, GenerationParams, ImageRef, Turn
+from model_worker.wire.protocol import ChatRequest, ErrorCode, FinishReason, GenerationParams, ImageRef, Turn
 
 
 def png(color: tuple[int, int, int], size=(320, 240)) -> bytes:
@@ -61,7 +61,8 @@ def test_the_image_changes_the_next_token_distribution(engine):
     for color in ((200, 30, 40), (10, 40, 220)):
         state = engine.prepare(request(images=[png(color)], greedy=True)).state
         with torch.inference_mode():
-            logits.append(engine.model.llm(inputs_embeds=engine.prompt_embeddings(state)).logits[0, -1])
+            engine._encode_pending([state])
+            logits.append(engine.model.llm(inputs_embeds=engine._prompt_embeddings(state)).logits[0, -1])
     probs = [torch.softmax(x, dim=-1) for x in logits]
     assert (probs[0] - probs[1]).abs().sum() > 0.05  # total variation well above float noise
 

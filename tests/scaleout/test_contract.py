@@ -8,7 +8,7 @@ import base64
 import pytest
 
 from bot.worker_client.base import BadImage
-from model_worker.protocol import (
+from model_worker.wire.protocol import (
     ChatRequest,
     DoneEvent,
     FinishReason,

@@ -18,8 +18,10 @@ from PIL import Image
 
 from bot.worker_client.base import UnknownImage, WorkerBusy, WorkerTimeout, WorkerUnavailable
 from bot.worker_client.redis_queue import RedisWorkerClient
-from model_worker.metrics import WorkerMetrics
-from model_worker.protocol import (
+from model_worker.scheduling.metrics import WorkerMetrics
+from model_worker.scheduling.scheduler import Scheduler
+from model_worker.serve.redis_consumer import RedisConsumer
+from model_worker.wire.protocol import (
     ChatRequest,
     DoneEvent,
     FinishReason,
@@ -31,9 +33,7 @@ from model_worker.protocol import (
     TokenEvent,
     Turn,
 )
-from model_worker.queue_streams import QueueKeys, connect
-from model_worker.redis_consumer import RedisConsumer
-from model_worker.scheduler import Scheduler
+from model_worker.wire.queue_streams import QueueKeys, connect
 from tests.support.redis_server import run_redis_server
 from tests.worker.test_scheduler import EchoEngine
 
@@ -80,9 +80,8 @@ class InProcessWorker:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self.scheduler = Scheduler(engine, executor=self.executor, metrics=metrics)
         self.scheduler.start()
-        self.consumer = RedisConsumer(url, keys=keys, **options)
-        self.consumer.start(self.scheduler, capacity=engine.max_batch_size, metrics=metrics,
-                            ready_info=ready_info)
+        self.consumer = RedisConsumer(url, keys=keys, metrics=metrics, ready_info=ready_info, **options)
+        self.consumer.start(self.scheduler)
         self.stopped = False
 
     async def stop(self, *, grace_s: float = 0) -> None:
@@ -90,7 +89,7 @@ class InProcessWorker:
         if self.stopped:
             return
         self.stopped = True
-        self.consumer.stop_pulling()
+        self.consumer.stop_taking_work()
         await self.scheduler.shutdown(grace_s=grace_s)
         await self.consumer.close()
         self.executor.shutdown()

@@ -14,7 +14,7 @@ import signal
 import pytest
 
 from bot.worker_client.base import WorkerUnavailable
-from model_worker.protocol import (
+from model_worker.wire.protocol import (
     ChatRequest,
     DoneEvent,
     FinishReason,
@@ -23,7 +23,7 @@ from model_worker.protocol import (
     TokenEvent,
     Turn,
 )
-from model_worker.queue_streams import DEFAULT_GROUP, DEFAULT_STREAM, connect
+from model_worker.wire.queue_streams import DEFAULT_GROUP, DEFAULT_STREAM, connect
 
 pytestmark = pytest.mark.timeout(240)
 

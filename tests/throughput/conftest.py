@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from model_worker.batched_engine import BatchedEngine
-from model_worker.engine_options import EngineOptions
+from model_worker.engine.engine import MiniGPT4Engine
+from model_worker.engine.options import EngineOptions
 
 
 @pytest.fixture(scope="session")
@@ -24,11 +24,11 @@ def loaded_tiny(tiny_weights: Path):
 
 
 @pytest.fixture
-def make_engine(loaded_tiny) -> Callable[..., BatchedEngine]:
+def make_engine(loaded_tiny) -> Callable[..., MiniGPT4Engine]:
     """A new engine (empty caches) on the shared model; keyword arguments are :class:`EngineOptions`."""
 
-    def make(max_batch_size: int = 8, **options: object) -> BatchedEngine:
-        return BatchedEngine(loaded_tiny, max_batch_size=max_batch_size, options=EngineOptions(**options))
+    def make(max_batch_size: int = 8, **options: object) -> MiniGPT4Engine:
+        return MiniGPT4Engine(loaded_tiny, options=EngineOptions(max_batch_size=max_batch_size, **options))
 
     return make
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
-from model_worker.metrics import WorkerMetrics
-from model_worker.protocol import ChatRequest, DoneEvent
-from model_worker.scheduler import Scheduler, SchedulerLimits
+from model_worker.scheduling.metrics import WorkerMetrics
+from model_worker.scheduling.scheduler import Scheduler, SchedulerLimits
+from model_worker.wire.protocol import ChatRequest, DoneEvent
 
 
 def request(index: int) -> ChatRequest:

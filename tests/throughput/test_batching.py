@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from model_worker.batched_engine import BatchedEngine
-from model_worker.engine_api import Sequence
+from model_worker.engine.engine import MiniGPT4Engine
+from model_worker.engine.sequence import Sequence
 from model_worker.model.preprocess import decode_image
 from model_worker.model.reference import ReferenceTurn, reference_generate
-from model_worker.protocol import ChatRequest, GenerationParams, ImageRef, Turn
+from model_worker.wire.protocol import ChatRequest, GenerationParams, ImageRef, Turn
 from tests.throughput.conftest import png
 
 
@@ -22,7 +22,7 @@ def eight_requests() -> list[ChatRequest]:
     return [request(i, image=png((30 * i, 120, 200)) if i % 2 else None) for i in range(8)]
 
 
-def run_alone(engine: BatchedEngine, req: ChatRequest) -> Sequence:
+def run_alone(engine: MiniGPT4Engine, req: ChatRequest) -> Sequence:
     seq = engine.prepare(req)
     engine.prefill([seq])
     while not seq.finished:
@@ -31,7 +31,7 @@ def run_alone(engine: BatchedEngine, req: ChatRequest) -> Sequence:
     return seq
 
 
-def run_together(engine: BatchedEngine, requests: list[ChatRequest]) -> list[Sequence]:
+def run_together(engine: MiniGPT4Engine, requests: list[ChatRequest]) -> list[Sequence]:
     seqs = [engine.prepare(req) for req in requests]
     engine.prefill(seqs)
     while not all(seq.finished for seq in seqs):

@@ -6,15 +6,15 @@ import hashlib
 
 import pytest
 
-from model_worker.batched_engine import BatchedEngine
-from model_worker.engine_api import EngineError, Sequence
-from model_worker.protocol import ChatRequest, ErrorCode, GenerationParams, ImageRef, Turn
+from model_worker.engine.engine import MiniGPT4Engine
+from model_worker.engine.sequence import EngineError, Sequence
+from model_worker.wire.protocol import ChatRequest, ErrorCode, GenerationParams, ImageRef, Turn
 from tests.throughput.conftest import png
 
 GREEDY = GenerationParams(greedy=True, max_new_tokens=12)
 
 
-def ask(engine: BatchedEngine, turns: list[Turn]) -> Sequence:
+def ask(engine: MiniGPT4Engine, turns: list[Turn]) -> Sequence:
     seq = engine.prepare(ChatRequest(conversation=turns, generation=GREEDY))
     engine.prefill([seq])
     while not seq.finished:

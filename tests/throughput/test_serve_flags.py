@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from model_worker.commands import serve
-from model_worker.engine_options import EngineOptions
+from model_worker.engine.options import EngineOptions
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -28,8 +28,8 @@ def test_every_throughput_option_is_passed_on():
     config = serve.config_from_args(parse("--max-batch-size", "32", "--max-tokens-in-flight", "20000",
                                           "--image-cache-size", "10", "--image-cache-mb", "2.5",
                                           "--prefix-cache-tokens", "0", "--compile-decode"))
-    assert config.max_batch_size == 32 and config.limits.max_tokens_in_flight == 20000
-    assert config.engine_options == EngineOptions(image_cache_entries=10, image_cache_mb=2.5, prefix_cache_tokens=0,
+    assert config.engine_options.max_batch_size == 32 and config.limits.max_tokens_in_flight == 20000
+    assert config.engine_options == EngineOptions(max_batch_size=32, image_cache_entries=10, image_cache_mb=2.5, prefix_cache_tokens=0,
                                                   compile_decode=True)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bot.worker_client.image_refs import ImageRefClient
-from model_worker.protocol import ChatRequest, ImageRef, Turn
+from model_worker.wire.protocol import ChatRequest, ImageRef, Turn
 from tests.support.worker import run_worker
 from tests.throughput.conftest import png
 from tests.worker.conversation import collect, metric_value, reply_of

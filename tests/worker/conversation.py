@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from model_worker.protocol import MAX_NEW_TOKENS_LIMIT, ChatRequest, DoneEvent, Event, TokenEvent
+from model_worker.wire.protocol import MAX_NEW_TOKENS_LIMIT, ChatRequest, DoneEvent, Event, TokenEvent
 
 #: Long enough that a request is certainly still running while a test acts on it (it gets cancelled).
 LONG = MAX_NEW_TOKENS_LIMIT

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-LIGHT_MODULES = ["model_worker.protocol", "bot.worker_client", "bot.worker_client.base",
+LIGHT_MODULES = ["model_worker.wire.protocol", "bot.worker_client", "bot.worker_client.base",
                  "bot.worker_client.http", "bot.worker_client.supervisor"]
 HEAVY = ["torch", "transformers", "timm"]
 

@@ -10,7 +10,7 @@ import asyncio
 import pytest
 
 from bot.worker_client.base import BadRequest, WorkerBusy
-from model_worker.protocol import ErrorCode, FinishReason, QueuedEvent, parse_event
+from model_worker.wire.protocol import ErrorCode, FinishReason, QueuedEvent, parse_event
 from tests.support.worker import run_worker
 from tests.worker.conversation import LONG, collect, greedy_request, metric_value, read_until_token, reply_of
 

@@ -1,6 +1,6 @@
 """The scheduler on its own, with a small deterministic engine (plain Python, no model).
 
-The engine below follows the Engine protocol of model_worker/engine_api.py: it "generates" the prompt's
+The engine below follows the Engine protocol of model_worker/engine/sequence.py: it "generates" the prompt's
 characters one per step, so every expectation is computable. Tests against the real model are in
 test_server.py.
 """
@@ -14,9 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from model_worker.engine_api import EngineError, Sequence
-from model_worker.metrics import WorkerMetrics
-from model_worker.protocol import (
+from model_worker.engine.sequence import EngineError, Sequence
+from model_worker.scheduling.metrics import WorkerMetrics
+from model_worker.scheduling.scheduler import Rejected, Scheduler, SchedulerLimits
+from model_worker.wire.protocol import (
     ChatRequest,
     DoneEvent,
     ErrorCode,
@@ -27,7 +28,6 @@ from model_worker.protocol import (
     TokenEvent,
     Turn,
 )
-from model_worker.scheduler import Rejected, Scheduler, SchedulerLimits
 
 
 class EchoEngine:

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from bot.worker_client.http import HttpWorkerClient
-from model_worker.serving import ServeConfig, ServeError, check_config, is_loopback
+from model_worker.serve.process import ServeConfig, ServeError, check_config, is_loopback
 from tests.worker.conversation import collect, greedy_request, reply_of
 
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from bot.worker_client.base import BadImage, BadRequest
-from model_worker.protocol import NDJSON, ErrorCode, FinishReason, QueuedEvent, StartedEvent, parse_event
+from model_worker.wire.protocol import NDJSON, ErrorCode, FinishReason, QueuedEvent, StartedEvent, parse_event
 from tests.worker.conversation import collect, greedy_request, metric_value, reply_of
 
 

@@ -8,15 +8,18 @@ rendering, and bugs.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from slack_sdk.errors import SlackApiError, SlackClientError
 
 from bot.chat.i18n import t
-from bot.chat.messages import Failed
+from bot.chat.messages import Failed, Reply
 
-if TYPE_CHECKING:
-    from bot.adapters.slack.operations import ReplyRenderer
+
+class ReplyRenderer(Protocol):
+    """What shows replies on Slack (:class:`bot.adapters.slack.operations.ReplyRenderer`)."""
+
+    async def render(self, reply: Reply) -> None: ...
 
 log = logging.getLogger(__name__)
 

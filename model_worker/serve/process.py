@@ -16,18 +16,17 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from model_worker.engine_api import Engine
-from model_worker.engine_options import EngineOptions
-from model_worker.protocol import ReadyInfo
-from model_worker.scheduler import Scheduler, SchedulerLimits
-from model_worker.server import WorkerState, create_app
-
-if TYPE_CHECKING:
-    from model_worker.redis_consumer import RedisConsumer
+from model_worker.engine.options import EngineOptions
+from model_worker.engine.sequence import Engine
+from model_worker.scheduling.scheduler import Scheduler, SchedulerLimits
+from model_worker.serve.front_end import FrontEnd
+from model_worker.serve.http_app import WorkerState, create_app
+from model_worker.serve.ndjson_api import NdjsonApi
+from model_worker.wire.protocol import DEFAULT_MAX_BODY_BYTES, ReadyInfo
+from model_worker.wire.queue_streams import DEFAULT_CLAIM_IDLE_MS
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +46,12 @@ class ServeConfig:
     token: str | None = field(default=None, repr=False)
     device: str = "auto"
     dtype: str = "auto"
-    max_batch_size: int = 8
-    engine_options: EngineOptions = EngineOptions()  # cache bounds, compile (the batched engine)
+    engine_options: EngineOptions = EngineOptions()  # batch size, cache bounds, compile
     limits: SchedulerLimits = SchedulerLimits()
-    max_body_bytes: int = 64 * 2**20
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     shutdown_grace_s: float = 30.0
     queue_url: str | None = field(default=None, repr=False)  # also consume the shared Redis queue
-    claim_idle_ms: int = 30_000
+    claim_idle_ms: int = DEFAULT_CLAIM_IDLE_MS
     consumer_name: str | None = None
     parent_pid: int | None = None  # stop when this process (the supervising bot) is gone
 
@@ -81,10 +79,13 @@ def check_config(config: ServeConfig) -> None:
 async def serve(config: ServeConfig) -> int:
     """Run the worker until SIGTERM/SIGINT; returns the process exit status."""
     check_config(config)
-    state = WorkerState(max_body_bytes=config.max_body_bytes)
+    state = WorkerState()
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
-    runner = web.AppRunner(create_app(state, token=config.token), handler_cancellation=True,
-                           access_log=None, shutdown_timeout=5.0)
+    http_front_ends = [NdjsonApi(metrics=state.metrics, max_body_bytes=config.max_body_bytes,
+                                 loading_progress=lambda: state.progress)]
+    front_ends: list[FrontEnd] = [*http_front_ends, *_queue_consumer(config, state)]
+    app = create_app(state, http_front_ends, token=config.token, max_body_bytes=config.max_body_bytes)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     try:
         where = await _bind(runner, config)
@@ -92,10 +93,9 @@ async def serve(config: ServeConfig) -> int:
         await runner.cleanup()
         raise ServeError(f"cannot listen: {exc}") from None
     log.info("listening on %s; loading the model from %s", where, config.weights)
-    consumer = _queue_consumer(config)
-    loading = asyncio.create_task(_load(state, config, executor, consumer))
+    loading = asyncio.create_task(_load(state, config, executor, front_ends))
     code = await _run_until_stopped(loading, parent_pid=config.parent_pid)
-    await _shut_down(state, runner, config, consumer)
+    await _shut_down(state, runner, config, front_ends)
     if not loading.done():
         # The loading thread cannot be interrupted, and the interpreter would wait for it at exit.
         log.warning("stopped while the model was still loading")
@@ -141,15 +141,15 @@ async def _stop_when_orphaned(parent_pid: int, stop: asyncio.Event) -> None:
 
 
 async def _shut_down(state: WorkerState, runner: web.AppRunner, config: ServeConfig,
-                     consumer: RedisConsumer | None) -> None:
+                     front_ends: list[FrontEnd]) -> None:
     log.info("shutting down: taking no new work")
     state.accepting = False
-    if consumer is not None:
-        consumer.stop_pulling()
+    for front_end in front_ends:
+        front_end.stop_taking_work()
     if state.scheduler is not None:
         await state.scheduler.shutdown(grace_s=config.shutdown_grace_s)
-    if consumer is not None:
-        await consumer.close()  # after the grace period: jobs still unfinished go back to the queue
+    for front_end in front_ends:
+        await front_end.close()  # after the grace period: unfinished queue jobs go back to the queue
     await runner.cleanup()
     if config.socket_path is not None:
         config.socket_path.unlink(missing_ok=True)
@@ -185,7 +185,7 @@ def _socket_in_use(path: Path) -> bool:
 
 
 async def _load(state: WorkerState, config: ServeConfig, executor: ThreadPoolExecutor,
-                consumer: RedisConsumer | None) -> None:
+                front_ends: list[FrontEnd]) -> None:
     loop = asyncio.get_running_loop()
     engine = await loop.run_in_executor(executor, _load_engine, config, state.set_progress)
     state.metrics.watch_engine(engine)
@@ -194,30 +194,32 @@ async def _load(state: WorkerState, config: ServeConfig, executor: ThreadPoolExe
     state.model_info = _model_info(engine, config)
     state.scheduler = scheduler
     state.set_progress("ready")
-    if consumer is not None:
-        consumer.start(scheduler, capacity=engine.max_batch_size, metrics=state.metrics,
-                       ready_info=lambda: ReadyInfo(ready=state.accepting, **state.model_info))
+    for front_end in front_ends:
+        front_end.start(scheduler)
     log.info("model loaded (%s); serving", ", ".join(f"{k}={v}" for k, v in state.model_info.items()))
 
 
-def _queue_consumer(config: ServeConfig) -> RedisConsumer | None:
+def _queue_consumer(config: ServeConfig, state: WorkerState) -> list[FrontEnd]:
+    """The Redis queue consumer when ``--queue`` is given (none otherwise)."""
     if config.queue_url is None:
-        return None
+        return []
     # Imported only here: the Redis client is an optional extra (``pip install .[queue]``).
-    from model_worker.redis_consumer import RedisConsumer
+    from model_worker.serve.redis_consumer import RedisConsumer
 
-    return RedisConsumer(config.queue_url, consumer=config.consumer_name, claim_idle_ms=config.claim_idle_ms)
+    return [RedisConsumer(config.queue_url, metrics=state.metrics, consumer=config.consumer_name,
+                          claim_idle_ms=config.claim_idle_ms,
+                          ready_info=lambda: ReadyInfo(ready=state.accepting, **state.model_info))]
 
 
 def _load_engine(config: ServeConfig, progress: Callable[[str], None]) -> Engine:
     # Imported here, on the engine thread, so torch's import does not hold up the event loop.
     progress("importing the model libraries")
-    from model_worker.engine import load_engine
+    from model_worker.engine.engine import load_engine
 
     progress(f"loading the weights from {config.weights}")
 
-    return load_engine(config.weights, device=config.device, dtype=config.dtype,
-                       max_batch_size=config.max_batch_size, progress=progress, options=config.engine_options)
+    return load_engine(config.weights, device=config.device, dtype=config.dtype, progress=progress,
+                       options=config.engine_options)
 
 
 def _model_info(engine: Engine, config: ServeConfig) -> dict[str, object]:

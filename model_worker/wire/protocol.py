@@ -25,6 +25,16 @@ CONTEXT_LENGTH = 2048
 #: Upper bound a client may ask for; the card's default is 512.
 MAX_NEW_TOKENS_LIMIT = 1536
 
+# Limits both sides must agree on, defined here once (the worker's flags and the bot's settings default to them).
+#: Longest time one answer may take, queue included (seconds).
+DEFAULT_REQUEST_TIMEOUT_S = 600.0
+#: Requests that may wait beyond the running batch before new ones are told ``busy``.
+DEFAULT_MAX_QUEUE = 64
+#: Largest request body the worker reads (images travel base64-encoded inside it).
+DEFAULT_MAX_BODY_BYTES = 64 * 2**20
+#: The ``retry_after`` hint sent with ``busy`` (seconds).
+BUSY_RETRY_AFTER_S = 5.0
+
 
 class ErrorCode(StrEnum):
     """Stable error codes carried by ``error`` events and used by clients to pick a message."""

@@ -41,7 +41,7 @@ class WorkerMetrics:
     def watch_engine(self, engine: object) -> None:
         """Also expose the engine's own counters (caches, tokens prefilled and decoded), if it keeps any."""
         if getattr(engine, "stats", None) is not None:
-            from model_worker.engine_metrics import EngineStatsCollector
+            from model_worker.engine.metrics import EngineStatsCollector
 
             self.registry.register(EngineStatsCollector(engine))
 

@@ -1,38 +1,40 @@
-"""The batched engine: every decode step is one forward for all running sequences, and nothing is computed twice.
+"""The engine: executes prepare / prefill / decode / release for the scheduler on the loaded model.
 
-On top of :class:`~model_worker.engine.MiniGPT4Engine` (prompt fitting, sampling, reply reading) it adds:
+Every decode step is one forward for all running sequences, and nothing is computed twice:
 
-- a :class:`~model_worker.batch.DecodeBatch` that all running sequences share (one forward per step);
-- an :class:`~model_worker.image_cache.ImageEmbeddingCache`: images are known by the SHA-256 of their bytes,
-  encoded once (new ones of one prefill together in one ViT batch) and then referenced by hash;
-- a :class:`~model_worker.prefix_cache.PrefixCache`: a finished sequence leaves its KV behind, and a later
-  prompt that starts the same way (the next turn of that conversation) prefills only what is new.
+- a :class:`~model_worker.engine.batch.DecodeBatch` that all running sequences share (one forward per step);
+- an :class:`~model_worker.engine.image_cache.ImageEmbeddingCache`: images are known by the SHA-256 of their
+  bytes, encoded once (new ones of one prefill together in one ViT batch) and then referenced by hash;
+- a :class:`~model_worker.engine.prefix_cache.PrefixCache`: a finished sequence leaves its KV behind, and a
+  later prompt that starts the same way (the next turn of that conversation) prefills only what is new.
 
-Batching never changes an answer: each sequence is prefilled alone, keeps its own sampler, and decodes at
-its own positions with its padding masked out.
+Batching never changes an answer: each sequence keeps its own sampler and decodes at its own positions with
+its padding masked out. The unbatched reference the tests compare against is ``model/reference.py``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from PIL import Image
 
-from model_worker.batch import KV, DecodeBatch, kv_length, library_decoder, prefill_together
-from model_worker.engine import MiniGPT4Engine, SequenceState
-from model_worker.engine_api import EngineError, Sequence
-from model_worker.engine_options import EngineOptions
-from model_worker.image_cache import ImageEmbeddingCache, image_hash
-from model_worker.lean_decode import LeanDecoder
-from model_worker.model.loader import LoadedModel
+from model_worker.engine.batch import KV, DecodeBatch, kv_length, library_decoder, prefill_together
+from model_worker.engine.decode_step import LeanDecoder
+from model_worker.engine.image_cache import ImageEmbeddingCache, image_hash
+from model_worker.engine.options import EngineOptions
+from model_worker.engine.prefix_cache import Items, PrefixCache
+from model_worker.engine.sequence import EngineError, Sequence
+from model_worker.model.loader import LoadedModel, load_model
 from model_worker.model.preprocess import ImageDecodeError, decode_image, preprocess_images
-from model_worker.model.prompt import TokenizedPrompt
+from model_worker.model.prompt import ContextTooLongError, TokenizedPrompt, fit_context
+from model_worker.model.reply import read_reply
 from model_worker.model.sampling import Sampler
-from model_worker.prefix_cache import Items, PrefixCache
-from model_worker.protocol import CONTEXT_LENGTH, ChatRequest, ErrorCode, ImageRef
+from model_worker.wire.protocol import CONTEXT_LENGTH, ChatRequest, ErrorCode, FinishReason, ImageRef
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +55,20 @@ class EngineStats:
 
 
 @dataclass(eq=False)
-class BatchedState(SequenceState):
-    """Per-sequence state: the prompt's position items, its images by hash, and its KV before joining."""
+class SequenceState:
+    """Engine-private state of one sequence (``Sequence.state``)."""
 
+    prompt: TokenizedPrompt
+    sampler: Sampler
+    items: Items = ()  # what fills each prompt position (the prefix cache's key)
     image_keys: list[str] = field(default_factory=list)  # sha256 per image slot, in order
     embeddings: dict[str, torch.Tensor] = field(default_factory=dict)  # held from prepare to prefill
     pending: dict[str, Image.Image] = field(default_factory=dict)  # images still to encode
-    items: Items = ()
     kv: KV | None = None  # the sequence's own KV while it is not in the batch
+    generated: list[int] = field(default_factory=list)  # every sampled id, EOS excluded
+    steps: int = 0
     reused_tokens: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def prompt_items(prompt: TokenizedPrompt, image_keys: list[str]) -> Items:
@@ -74,13 +81,17 @@ def prompt_items(prompt: TokenizedPrompt, image_keys: list[str]) -> Items:
     return tuple(items)
 
 
-class BatchedEngine(MiniGPT4Engine):
-    """Implements :class:`model_worker.engine_api.Engine` with batched decode and the two caches."""
+class MiniGPT4Engine:
+    """Implements :class:`model_worker.engine.sequence.Engine` for the loaded MiniGPT-4."""
 
-    def __init__(self, loaded: LoadedModel, *, max_batch_size: int = 8, context_length: int = CONTEXT_LENGTH,
-                 options: EngineOptions | None = None) -> None:
-        super().__init__(loaded, max_batch_size=max_batch_size, context_length=context_length)
+    def __init__(self, loaded: LoadedModel, *, options: EngineOptions | None = None,
+                 context_length: int = CONTEXT_LENGTH) -> None:
+        self.loaded = loaded
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
         self.options = options = options or EngineOptions()
+        self.max_batch_size = options.max_batch_size
+        self.context_length = min(context_length, loaded.llm_config.max_position_embeddings)
         self.images = ImageEmbeddingCache(max_entries=options.image_cache_entries,
                                           max_bytes=options.image_cache_bytes)
         self.prefixes = PrefixCache(max_tokens=options.prefix_cache_tokens)
@@ -89,6 +100,14 @@ class BatchedEngine(MiniGPT4Engine):
         self._decoder = LeanDecoder(self.model.llm) if options.lean_decode else library_decoder(self.model.llm)
         if options.compile_decode:
             self._compile()
+
+    @property
+    def device(self) -> torch.device:
+        return self.loaded.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.loaded.dtype
 
     def _compile(self) -> None:
         """Compile each layer's MLP (a pure function of its input, so inference tensors are fine); the first
@@ -101,14 +120,27 @@ class BatchedEngine(MiniGPT4Engine):
 
     def prepare(self, request: ChatRequest) -> Sequence:
         """Fit the conversation to the context, resolve its images by hash, tokenize the prompt."""
-        params = request.generation
-        turns, prompt = self.fit(request)
-        state = BatchedState(prompt=prompt, images=[], sampler=Sampler.for_params(params, device=self.device))
+        turns, prompt = self._fit(request)
+        if len(turns) < len(request.conversation):
+            log.info("request %s: dropped %d oldest turns to fit the context", request.request_id,
+                     len(request.conversation) - len(turns))
+        state = SequenceState(prompt=prompt, sampler=Sampler.for_params(request.generation, device=self.device))
         self._resolve_images([ref for turn in turns if turn.role == "user" for ref in turn.images], state)
         state.items = prompt_items(prompt, state.image_keys)
         return Sequence(request=request, prompt_tokens=prompt.length, state=state)
 
-    def _resolve_images(self, refs: list[ImageRef], state: BatchedState) -> None:
+    def _fit(self, request: ChatRequest) -> tuple[list, TokenizedPrompt]:
+        """The turns kept within the context budget and their tokenized prompt (``context_too_long``
+        when the newest turn alone does not fit)."""
+        try:
+            return fit_context(
+                request.conversation, self.tokenizer, num_queries=self.loaded.arch.qformer.num_queries,
+                max_new_tokens=request.generation.max_new_tokens, context_length=self.context_length,
+            )
+        except ContextTooLongError as exc:
+            raise EngineError(ErrorCode.CONTEXT_TOO_LONG, str(exc), needed=exc.needed, available=exc.available) from exc
+
+    def _resolve_images(self, refs: list[ImageRef], state: SequenceState) -> None:
         """Fill the state's image keys: cached embeddings are taken now, new images decoded for prefill.
 
         Raises ``unknown_image`` naming every hash reference whose embedding this worker does not hold."""
@@ -124,7 +156,7 @@ class BatchedEngine(MiniGPT4Engine):
                 self.stats.image_cache_hits += 1
                 state.embeddings[key] = embedding
 
-    def _decode_new_image(self, ref: ImageRef, index: int, state: BatchedState) -> str:
+    def _decode_new_image(self, ref: ImageRef, index: int, state: SequenceState) -> str:
         try:
             data = ref.decode()
             key = image_hash(data)
@@ -150,26 +182,27 @@ class BatchedEngine(MiniGPT4Engine):
             seq.state.timings["prefill_s"] = elapsed
             self._advance(seq, row_logits)
 
-    def _encode_pending(self, states: list[BatchedState]) -> None:
+    def _encode_pending(self, states: list[SequenceState]) -> None:
         pending: dict[str, Image.Image] = {}
         for state in states:
             pending.update({k: img for k, img in state.pending.items() if self.images.get(k) is None})
-        if pending:
-            pixels = preprocess_images(list(pending.values()), image_size=self.loaded.arch.vision.image_size)
-            encoded = self.model.encode_images(pixels.to(self.device))
-            self.stats.images_encoded += len(pending)
-            self.stats.image_batches += 1
-            fresh = dict(zip(pending, encoded, strict=True))
-            for key, embedding in fresh.items():
-                self.images.put(key, embedding)
-        else:
-            fresh = {}
+        fresh = self._encode(pending) if pending else {}
         for state in states:
             for key in state.pending:
                 state.embeddings[key] = fresh.get(key, self.images.get(key))
             state.pending = {}
 
-    def _prefill_row(self, state: BatchedState) -> tuple[KV | None, torch.Tensor]:
+    def _encode(self, images: dict[str, Image.Image]) -> dict[str, torch.Tensor]:
+        """Run new images through the vision tower in one batch and keep them in the image cache."""
+        pixels = preprocess_images(list(images.values()), image_size=self.loaded.arch.vision.image_size)
+        encoded = dict(zip(images, self.model.encode_images(pixels.to(self.device)), strict=True))
+        self.stats.images_encoded += len(images)
+        self.stats.image_batches += 1
+        for key, embedding in encoded.items():
+            self.images.put(key, embedding)
+        return encoded
+
+    def _prefill_row(self, state: SequenceState) -> tuple[KV | None, torch.Tensor]:
         """The sequence's cached prefix (if any) and the embeddings of the positions still to compute."""
         length = state.prompt.length
         reused, prefix = self.prefixes.lookup(state.items, limit=length - 1)
@@ -179,7 +212,7 @@ class BatchedEngine(MiniGPT4Engine):
         self._count_prefill(reused, length - reused)
         return prefix, embeds
 
-    def _prompt_embeddings(self, state: BatchedState) -> torch.Tensor:
+    def _prompt_embeddings(self, state: SequenceState) -> torch.Tensor:
         if state.image_keys:
             image_embeds = torch.stack([state.embeddings[key] for key in state.image_keys])
         else:
@@ -215,19 +248,51 @@ class BatchedEngine(MiniGPT4Engine):
         for row, row_logits in zip(rows, logits, strict=True):
             self._advance(row, row_logits)
 
+    def _advance(self, seq: Sequence, logits: torch.Tensor) -> None:
+        """Sample the next token, update the reply text, and end the sequence at EOS, a new turn or its
+        length limit."""
+        state: SequenceState = seq.state
+        token = state.sampler.choose(logits.float())
+        state.steps += 1
+        eos = token == self.tokenizer.eos_id
+        if not eos:
+            state.generated.append(token)
+        out_of_room = seq.prompt_tokens + state.steps >= self.context_length
+        length = state.steps >= seq.request.generation.max_new_tokens or out_of_room
+        reply = read_reply(self.tokenizer, state.generated, final=eos or length)
+        if reply.text.startswith(seq.text):
+            seq.text = reply.text
+        else:  # cannot happen with the hold-back rules; never rewrite what was streamed
+            log.warning("request %s: reply text changed under the stream", seq.request_id)
+        seq.output_ids = state.generated[: reply.kept_ids]
+        if eos or reply.stopped:
+            seq.finish_reason = FinishReason.STOP
+        elif length:
+            seq.finish_reason = FinishReason.LENGTH
+        if seq.finished:
+            self.release(seq)
+
     # ---- release -------------------------------------------------------------------------------------
 
     def release(self, seq: Sequence) -> None:
         """Leave the batch; a finished sequence leaves its KV to the prefix cache for the next turn."""
         state = seq.state
-        if not isinstance(state, BatchedState):
+        if not isinstance(state, SequenceState):
             return
         kv = self.batch.leave(seq, keep_kv=seq.finished) if seq in self.batch else state.kv
         if kv is not None and seq.finished:
             self._remember(state, kv)
         state.kv = None
-        state.embeddings, state.pending, state.images = {}, {}, []
+        state.embeddings, state.pending = {}, {}
 
-    def _remember(self, state: BatchedState, kv: KV) -> None:
+    def _remember(self, state: SequenceState, kv: KV) -> None:
         fed = kv_length(kv) - state.prompt.length  # generated tokens that were fed back (not the last one)
         self.prefixes.store(state.items + tuple(state.generated[:fed]), kv)
+
+
+def load_engine(weights: Path, *, device: str = "auto", dtype: str = "auto",
+                progress: Callable[[str], None] | None = None,
+                options: EngineOptions | None = None) -> MiniGPT4Engine:
+    """Load the model from a weights directory and wrap it in the engine (with its caches)."""
+    loaded = load_model(Path(weights), device=device, dtype=dtype, progress=progress)
+    return MiniGPT4Engine(loaded, options=options)

@@ -1,4 +1,8 @@
-"""Levelled, one-line-per-event logging with secrets masked, for both processes (bot and worker)."""
+"""Levelled, one-line-per-event logging with secrets masked, for both processes (bot and worker).
+
+Generic: it masks configured secret values and the secret shapes every deployment has (bearer tokens,
+passwords in URLs); each process adds the token shapes it knows (the bot: Discord's and Slack's).
+"""
 
 from __future__ import annotations
 
@@ -8,25 +12,25 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-_TOKEN_SHAPES = re.compile(
-    r"(xox[abposr]-[A-Za-z0-9-]{8,}|xapp-[A-Za-z0-9-]{8,}"  # Slack bot/user/app tokens
-    r"|[MNO][A-Za-z\d_-]{23,25}\.[A-Za-z\d_-]{6}\.[A-Za-z\d_-]{27,}"  # Discord bot tokens
-    r"|(?<=redis://:)[^@\s]+(?=@)|(?<=rediss://:)[^@\s]+(?=@)"  # passwords in Redis URLs
-    r"|(?<=Bearer )[A-Za-z0-9._~+/=-]{8,})"
+#: Secret shapes masked in every process: the password in ``scheme://[user]:password@host`` and bearer tokens.
+GENERIC_SECRET_SHAPES = (
+    r"(?<=://)[^:/@\s]*:[^@\s]+(?=@)",
+    r"(?<=Bearer )[A-Za-z0-9._~+/=-]{8,}",
 )
 
 
 class SecretMasker(logging.Filter):
     """Replace configured secret values and anything shaped like a token with ``***``."""
 
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
+    def __init__(self, secrets: Iterable[str] = (), shapes: Iterable[str] = ()) -> None:
         super().__init__()
         self._secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+        self._shapes = re.compile("|".join(f"(?:{shape})" for shape in (*GENERIC_SECRET_SHAPES, *shapes)))
 
     def mask(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, "***")
-        return _TOKEN_SHAPES.sub("***", text)
+        return self._shapes.sub("***", text)
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -38,13 +42,14 @@ class SecretMasker(logging.Filter):
         return True
 
 
-def configure_logging(level: str = "INFO", *, secrets: Iterable[str] = (), stream=None,
-                      log_file: Path | None = None) -> None:
-    """Send ``level`` and above to stderr as ``time level logger: message``, secrets masked.
+def configure_logging(level: str = "INFO", *, secrets: Iterable[str] = (), secret_shapes: Iterable[str] = (),
+                      quiet_loggers: Iterable[str] = (), stream=None, log_file: Path | None = None) -> None:
+    """Send ``level`` and above to stderr as ``time level logger: message``, with ``secrets`` (values) and
+    ``secret_shapes`` (regular expressions) masked; ``quiet_loggers`` log warnings and errors only.
 
     With ``log_file`` (the console chat, where log lines would interleave with the conversation) the
     log goes to that file and only warnings and errors reach stderr."""
-    masker = SecretMasker(secrets)
+    masker = SecretMasker(secrets, secret_shapes)
     formatter = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
     handlers: list[logging.Handler] = [logging.StreamHandler(stream or sys.stderr)]
     if log_file is not None:
@@ -57,5 +62,5 @@ def configure_logging(level: str = "INFO", *, secrets: Iterable[str] = (), strea
     root = logging.getLogger()
     root.handlers[:] = handlers
     root.setLevel(level.upper())
-    for noisy in ("discord.gateway", "discord.client", "slack_bolt", "slack_sdk", "aiohttp.access"):
+    for noisy in ("aiohttp.access", *quiet_loggers):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

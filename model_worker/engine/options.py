@@ -1,14 +1,17 @@
-"""Throughput settings of the batched engine (plain data: the serve command builds it without torch)."""
+"""The engine's settings (plain data: the serve command builds them without importing torch)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+DEFAULT_MAX_BATCH_SIZE = 8
+
 
 @dataclass(frozen=True)
 class EngineOptions:
-    """Cache bounds and device options; the defaults fit a 16 GB card next to the fp16 model."""
+    """Batch size, cache bounds and device options; the defaults fit a 16 GB card next to the fp16 model."""
 
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE  # sequences decoded together at most
     image_cache_entries: int = 256  # image embeddings kept by content hash
     image_cache_mb: float = 64.0  # ... and their memory at most (one real image: 32 x 2816 fp16 = 176 KB)
     prefix_cache_tokens: int = 4096  # positions of finished sequences' KV kept for follow-up turns

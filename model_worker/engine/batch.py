@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from transformers import DynamicCache, PretrainedConfig
 
-from model_worker.engine_api import Sequence
+from model_worker.engine.sequence import Sequence
 
 #: Per layer (keys, values), each ``[rows, heads, length, head_dim]``.
 KV = list[tuple[torch.Tensor, torch.Tensor]]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from model_worker.protocol import ChatRequest, ErrorCode, FinishReason
+from model_worker.wire.protocol import ChatRequest, ErrorCode, FinishReason
 
 
 class EngineError(Exception):

@@ -23,10 +23,13 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from model_worker.engine_api import Engine, EngineError, Sequence
-from model_worker.fair_queue import FairQueue
-from model_worker.metrics import WorkerMetrics
-from model_worker.protocol import (
+from model_worker.engine.sequence import Engine, EngineError, Sequence
+from model_worker.scheduling.fair_queue import FairQueue
+from model_worker.scheduling.metrics import WorkerMetrics
+from model_worker.wire.protocol import (
+    BUSY_RETRY_AFTER_S,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_REQUEST_TIMEOUT_S,
     ChatRequest,
     DoneEvent,
     ErrorCode,
@@ -52,9 +55,9 @@ _ARRIVAL_QUIET_S = 0.003  # no new request for this long: the arrivals have sett
 class SchedulerLimits:
     """Admission limits (the batch size itself comes from the engine)."""
 
-    max_queue: int = 64  # requests waiting (or being prepared) beyond the running batch
-    request_timeout_s: float = 600.0  # from submission to the done event
-    busy_retry_after_s: float = 5.0  # the hint sent with ``busy``
+    max_queue: int = DEFAULT_MAX_QUEUE  # requests waiting (or being prepared) beyond the running batch
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S  # from submission to the done event
+    busy_retry_after_s: float = BUSY_RETRY_AFTER_S  # the hint sent with ``busy``
     max_tokens_in_flight: int | None = None  # running prompts + their max_new_tokens; None: no limit
     # Decode steps run back to back on the engine thread for up to this long, unless a request arrives,
     # is cancelled, or finishes: fewer thread hops and token events per token, same answers.
@@ -63,7 +66,8 @@ class SchedulerLimits:
 
 
 class Rejected(Exception):
-    """A request refused at submission (``busy``, ``shutting_down``, duplicate id); carries its event."""
+    """A request refused before it runs (``busy``, ``shutting_down``, ``loading``, a duplicate id or a
+    malformed request); carries the ``error`` event that says so."""
 
     def __init__(self, event: ErrorEvent) -> None:
         super().__init__(event.message)
@@ -126,6 +130,8 @@ class Scheduler:
         self._running: list[Ticket] = []
         self._tickets: dict[str, Ticket] = {}  # every ticket not yet ended, by request id
         self._preparing = 0
+        self._reserved = 0  # places held by front ends for requests they are about to submit
+        self._place_freed = asyncio.Event()  # set whenever free_places may have grown
         self._accepting = True
         self._stopping = False
         self._wakeup = asyncio.Event()
@@ -146,16 +152,50 @@ class Scheduler:
     def running_count(self) -> int:
         return len(self._running)
 
+    @property
+    def capacity(self) -> int:
+        """Sequences the running batch holds at most."""
+        return self._engine.max_batch_size
+
+    @property
+    def free_places(self) -> int:
+        """Places in the running batch that nothing running, waiting, being prepared or reserved claims."""
+        taken = len(self._running) + self.queue_depth + self._reserved
+        return max(0, self.capacity - taken) if self._accepting else 0
+
+    async def wait_for_free_places(self) -> int:
+        """Wait until a place in the running batch is free and return how many are; 0 once the scheduler
+        takes no more work (shutdown). Front ends that pull work (the queue consumer) take only this many."""
+        while self._accepting and self.free_places <= 0:
+            self._place_freed.clear()
+            await self._place_freed.wait()
+        return self.free_places
+
+    def reserve(self, count: int) -> int:
+        """Hold up to ``count`` free places for requests about to be submitted (``submit(...,
+        reserved=True)``); returns how many were held. Give back unused ones with :meth:`unreserve`."""
+        held = min(count, self.free_places)
+        self._reserved += held
+        return held
+
+    def unreserve(self, count: int = 1) -> None:
+        """Give back reserved places that will not be submitted."""
+        self._reserved -= min(count, self._reserved)
+        self._place_freed.set()
+
     def start(self) -> None:
         """Start the scheduling loop on the running event loop."""
         self._loop_task = asyncio.create_task(self._run(), name="scheduler")
 
-    def submit(self, request: ChatRequest) -> Ticket:
+    def submit(self, request: ChatRequest, *, reserved: bool = False) -> Ticket:
         """Accept a request, or raise :class:`Rejected` at once (``busy`` when the line is full).
+        ``reserved``: the request uses a place held with :meth:`reserve` (given back either way).
 
         The prompt is prepared on the engine thread in the background; a bad image or an over-long
         context then ends the ticket with an ``error`` event.
         """
+        if reserved:
+            self.unreserve()
         self._check_admissible(request)
         now = self._last_arrival = time.monotonic()
         ticket = Ticket(request, submitted_at=now, deadline=now + self._limits.request_timeout_s)
@@ -180,6 +220,7 @@ class Scheduler:
         """Stop taking work: waiting requests end with ``shutting_down``, running ones may finish
         for ``grace_s`` seconds and are then stopped; the loop ends."""
         self._accepting = False
+        self._place_freed.set()  # wakes front ends waiting for a place: there will be none
         for ticket in list(self._waiting):
             self._request_stop(ticket, _Stop.SHUTDOWN)
         with contextlib.suppress(TimeoutError):
@@ -204,9 +245,8 @@ class Scheduler:
             self._reject(ErrorCode.BUSY, "the worker's queue is full",
                          retry_after=self._limits.busy_retry_after_s)
 
-    def _reject(self, code: ErrorCode, message: str, **extra: Any) -> None:
-        self._metrics.errors.labels(code.value).inc()
-        log.info("rejected request: %s", code.value)
+    @staticmethod
+    def _reject(code: ErrorCode, message: str, **extra: Any) -> None:
         raise Rejected(ErrorEvent(code=code, message=message, **extra))
 
     async def _prepare(self, ticket: Ticket) -> None:
@@ -388,6 +428,7 @@ class Scheduler:
         if ticket.ended:
             return
         ticket.ended = True
+        self._place_freed.set()
         self._tickets.pop(ticket.request_id, None)
         if ticket in self._running:
             self._running.remove(ticket)

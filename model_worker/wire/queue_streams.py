@@ -23,12 +23,18 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from model_worker.protocol import DoneEvent, Event, FinishReason, Usage, parse_event
+from model_worker.wire.protocol import DoneEvent, Event, FinishReason, Usage, parse_event
 
 DEFAULT_STREAM = "minigpt4:jobs"
 DEFAULT_GROUP = "workers"
 #: How long a blocking read waits before the caller gets control back (ms).
 BLOCK_MS = 1000
+#: A job whose worker has been silent this long is taken over by another worker (ms).
+DEFAULT_CLAIM_IDLE_MS = 30_000
+#: How long a request's events (and its cancel and attempt keys) outlive its last event (s).
+EVENTS_TTL_S = 900
+#: How long an image's bytes are kept after the last request that referred to them (s).
+IMAGE_TTL_S = 3600
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """The worker's side of the shared Redis Streams queue (``serve --queue URL``).
 
-The consumer joins the workers' consumer group and pulls jobs only while the scheduler has room in its
-running batch, so no worker takes more than it can serve. Each job goes to the same scheduler the HTTP
+The consumer is one of the worker's front ends. It joins the workers' consumer group and pulls jobs only
+when the scheduler says places in its running batch are free (it holds them while it fetches a job), so no
+worker takes more than it can serve. Each job goes to the same scheduler the HTTP
 server uses; its events are written to the request's events stream, tagged with the attempt number.
 A job is acknowledged (and deleted) once it ended. Jobs whose worker went quiet for longer than
 ``claim_idle_ms`` are claimed by another worker and restarted from the beginning with a ``restarted``
@@ -26,8 +27,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from model_worker.metrics import WorkerMetrics
-from model_worker.protocol import (
+from model_worker.scheduling.metrics import WorkerMetrics
+from model_worker.scheduling.scheduler import Rejected, Scheduler
+from model_worker.wire.protocol import (
     ChatRequest,
     DoneEvent,
     ErrorCode,
@@ -38,35 +40,29 @@ from model_worker.protocol import (
     ReadyInfo,
     RestartedEvent,
 )
-from model_worker.queue_streams import (
+from model_worker.wire.queue_streams import (
     BACKLOG_SCRIPT,
     BLOCK_MS,
+    DEFAULT_CLAIM_IDLE_MS,
+    EVENTS_TTL_S,
     TOUCH_SCRIPT,
     QueueKeys,
     cancelled_before_start,
     connect,
     encode_event,
 )
-from model_worker.scheduler import Rejected, Scheduler
 
 log = logging.getLogger(__name__)
 
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 _ANNOUNCE_EVERY_S = 2.0
 _CANCEL_CHECK_EVERY_S = 0.2
-_ROOM_CHECK_EVERY_S = 0.05
 _HANDED_BACK_IDLE_MS = 24 * 3600 * 1000  # idle beyond any --claim-idle-ms: the next look takes it
 
 
 def default_consumer_name() -> str:
     """``host-pid``: unique per process, and readable in ``XINFO CONSUMERS``."""
     return f"{socket.gethostname()}-{os.getpid()}"
-
-
-class _JobRefused(Exception):
-    def __init__(self, event: ErrorEvent) -> None:
-        super().__init__(event.message)
-        self.event = event
 
 
 class _Outcome(enum.Enum):
@@ -80,6 +76,7 @@ class _Job:
     entry_id: str
     request_id: str
     attempt: int = 0
+    reserved: bool = True  # holds a place in the scheduler until it is submitted or ends
     submitted: bool = False
     cancelled: bool = False
     lost: bool = False  # another worker claimed it: never acknowledge it from here
@@ -98,14 +95,21 @@ class QueueMetrics:
                                  "Jobs this worker took over from a worker that went quiet", registry=r)
         self.reachable = Gauge("worker_queue_reachable", "1 while Redis answers, 0 while it does not",
                                registry=r)
+        self.errors = metrics.errors
 
 
 class RedisConsumer:
-    """Feeds the scheduler from the shared queue and publishes each job's events."""
+    """Feeds the scheduler from the shared queue and publishes each job's events; ``ready_info()`` is
+    announced to the bots."""
 
-    def __init__(self, url: str, *, keys: QueueKeys | None = None, consumer: str | None = None,
-                 claim_idle_ms: int = 30_000, events_ttl_s: int = 900) -> None:
+    name = "redis"
+
+    def __init__(self, url: str, *, metrics: WorkerMetrics, ready_info: Callable[[], ReadyInfo],
+                 keys: QueueKeys | None = None, consumer: str | None = None,
+                 claim_idle_ms: int = DEFAULT_CLAIM_IDLE_MS, events_ttl_s: int = EVENTS_TTL_S) -> None:
         self._redis = redis = connect(url)
+        self._metrics = QueueMetrics(metrics)
+        self._ready_info = ready_info
         self._keys = keys or QueueKeys()
         self.consumer = consumer or default_consumer_name()
         self._claim_idle_ms = claim_idle_ms
@@ -123,14 +127,9 @@ class RedisConsumer:
 
     # ---- life cycle ---------------------------------------------------------------------------
 
-    def start(self, scheduler: Scheduler, *, capacity: int, metrics: WorkerMetrics,
-              ready_info: Callable[[], ReadyInfo]) -> None:
-        """Start feeding ``scheduler`` (whose running batch holds ``capacity`` sequences): pull,
-        reclaim, watch for cancels, and announce ``ready_info()`` to the bots."""
+    def start(self, scheduler: Scheduler) -> None:
+        """Start feeding ``scheduler``: pull, reclaim, watch for cancels, and announce readiness."""
         self._scheduler = scheduler
-        self._capacity = capacity
-        self._metrics = QueueMetrics(metrics)
-        self._ready_info = ready_info
         touch_every = max(0.05, self._claim_idle_ms / 3000)
         steps: list[tuple[str, Callable[[], Awaitable[None]], float]] = [
             ("pull", self._pull_once, 0.0),
@@ -142,14 +141,14 @@ class RedisConsumer:
             self._loops.append(asyncio.create_task(self._forever(name, step, pause), name=f"queue-{name}"))
         log.info("queue consumer %s joined group %s on %s", self.consumer, self._keys.group, self._keys.stream)
 
-    def stop_pulling(self) -> None:
+    def stop_taking_work(self) -> None:
         """Take no new jobs (the first step of a graceful stop)."""
         self._pulling = False
 
     async def close(self) -> None:
         """Stop every loop; jobs still running are stopped and handed back for another worker.
 
-        For a graceful stop call :meth:`stop_pulling` and shut the scheduler down first: jobs that
+        For a graceful stop call :meth:`stop_taking_work` and shut the scheduler down first: jobs that
         finish within its grace period are then answered here."""
         self._pulling = False
         tasks = [*self._loops, *self._job_tasks]
@@ -189,18 +188,33 @@ class RedisConsumer:
     async def _pull_once(self) -> None:
         """Take as many jobs as the batch has room for: first jobs of workers that went quiet (when a
         look is due), then new ones. One loop does both, so together they never exceed the room."""
-        room = await self._wait_for_room()
+        room = await self._scheduler.wait_for_free_places()
+        held = self._scheduler.reserve(room) if self._pulling else 0
+        if not held:  # taking no more work: idle until close() cancels this loop
+            await asyncio.get_running_loop().create_future()
+        started = 0
+        try:
+            started = await self._take_jobs(held)
+        finally:
+            self._scheduler.unreserve(held - started)  # places no job came for
+
+    async def _take_jobs(self, room: int) -> int:
+        """Start up to ``room`` jobs (each holds one reserved place); returns how many were started."""
+        started = 0
         if time.monotonic() >= self._next_claim_at:
             self._next_claim_at = time.monotonic() + self._claim_every_s
-            room -= await self._reclaim(room)
-            if room <= 0:
-                return
+            started = await self._reclaim(room)
+            if started >= room:
+                return started
         reply = await self._redis.xreadgroup(self._keys.group, self.consumer, {self._keys.stream: ">"},
-                                             count=room, block=min(BLOCK_MS, int(self._claim_every_s * 1000)))
+                                             count=room - started,
+                                             block=min(BLOCK_MS, int(self._claim_every_s * 1000)))
         for _stream, entries in reply or []:
             for entry_id, fields in entries:
                 self._metrics.pulled.inc()
                 self._start_job(entry_id.decode(), fields)
+                started += 1
+        return started
 
     async def _reclaim(self, room: int) -> int:
         """Claim up to ``room`` jobs idle longer than ``claim_idle_ms``; returns how many were started."""
@@ -246,30 +260,12 @@ class RedisConsumer:
 
     async def _announce_once(self) -> None:
         info = self._ready_info().model_copy(update={
-            "consumer": self.consumer, "running": len(self._jobs), "capacity": self._capacity})
+            "consumer": self.consumer, "running": len(self._jobs), "capacity": self._scheduler.capacity})
         await self._redis.set(self._keys.worker(self.consumer), info.model_dump_json(),
                               ex=int(_ANNOUNCE_EVERY_S * 5))
         backlog = await self._backlog(keys=[self._keys.stream], args=[self._keys.group])
         self._metrics.backlog.set(int(backlog))
         self._set_reachable(True)  # this step always talks to Redis: it alone declares it back
-
-    # ---- room in the batch --------------------------------------------------------------------
-
-    def _room(self) -> int:
-        """Free places in the running batch, counting jobs taken but not yet handed to the scheduler."""
-        if not self._ready_info().ready:
-            return 0
-        fetched = sum(1 for job in self._jobs.values() if not job.submitted)
-        busy = self._scheduler.running_count + self._scheduler.queue_depth + fetched
-        return self._capacity - busy
-
-    async def _wait_for_room(self) -> int:
-        while True:
-            room = self._room() if self._pulling else 0
-            if room > 0:
-                return room
-            # Polled: HTTP requests share the scheduler, which has no "a place came free" signal.
-            await asyncio.sleep(_ROOM_CHECK_EVERY_S)
 
     # ---- one job ------------------------------------------------------------------------------
 
@@ -300,6 +296,8 @@ class RedisConsumer:
             self._scheduler.cancel(job.request_id)
         finally:
             self._jobs.pop(job.entry_id, None)
+            if job.reserved:
+                self._scheduler.unreserve()
 
     async def _run_job(self, job: _Job, fields: dict[bytes, bytes]) -> _Outcome:
         """Serve one job: publish its events, and say what to do with its queue entry."""
@@ -309,8 +307,11 @@ class RedisConsumer:
         if await self._redis.exists(self._keys.cancel(job.request_id)):
             return await self._forward(job, [cancelled_before_start()])
         try:
-            ticket = self._scheduler.submit(await self._load_request(fields))
-        except (_JobRefused, Rejected) as exc:
+            request = await self._load_request(fields)
+            job.reserved = False
+            ticket = self._scheduler.submit(request, reserved=True)
+        except Rejected as exc:
+            self._metrics.errors.labels(exc.event.code.value).inc()
             return await self._forward(job, [exc.event])
         job.submitted = True
         return await self._forward(job, ticket.events())
@@ -344,7 +345,7 @@ class RedisConsumer:
             request = ChatRequest.model_validate_json(fields[b"request"])
         except (KeyError, ValidationError):
             log.warning("a job on the queue is not a valid chat request")
-            raise _JobRefused(ErrorEvent(code=ErrorCode.BAD_REQUEST,
+            raise Rejected(ErrorEvent(code=ErrorCode.BAD_REQUEST,
                                          message="the job is not a valid chat request")) from None
         hashes = sorted(set(request.image_hashes()))
         if not hashes:
@@ -352,7 +353,7 @@ class RedisConsumer:
         blobs = dict(zip(hashes, await self._redis.mget([self._keys.image(h) for h in hashes]), strict=True))
         missing = [sha for sha, blob in blobs.items() if blob is None]
         if missing:
-            raise _JobRefused(ErrorEvent(code=ErrorCode.UNKNOWN_IMAGE, hashes=missing,
+            raise Rejected(ErrorEvent(code=ErrorCode.UNKNOWN_IMAGE, hashes=missing,
                                          message="some images are no longer held; resend them with data"))
         turns = [turn.model_copy(update={"images": [
             ImageRef.from_bytes(blobs[img.sha256]) if img.sha256 else img for img in turn.images]})
