@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 _ANNOUNCE_EVERY_S = 2.0
 _CANCEL_CHECK_EVERY_S = 0.2
+_NOT_READY_RECHECK_S = 0.1
 _HANDED_BACK_IDLE_MS = 24 * 3600 * 1000  # idle beyond any --claim-idle-ms: the next look takes it
 
 
@@ -189,6 +190,9 @@ class RedisConsumer:
         """Take as many jobs as the batch has room for: first jobs of workers that went quiet (when a
         look is due), then new ones. One loop does both, so together they never exceed the room."""
         room = await self._scheduler.wait_for_free_places()
+        if self._pulling and not self._ready_info().ready:  # announced as not ready: take nothing yet
+            await asyncio.sleep(_NOT_READY_RECHECK_S)
+            return
         held = self._scheduler.reserve(room) if self._pulling else 0
         if not held:  # taking no more work: idle until close() cancels this loop
             await asyncio.get_running_loop().create_future()
