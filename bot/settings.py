@@ -54,12 +54,14 @@ class Settings(BaseSettings):
     worker_dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     worker_restart_backoff_s: float = Field(2.0, gt=0, le=300)
     worker_request_timeout_s: float = Field(DEFAULT_REQUEST_TIMEOUT_S, gt=0)
+    worker_step_timeout_s: float | None = Field(None, gt=0)  # unset: the worker's own default per device
     queue_url: SecretStr | None = None  # redis:// or rediss:// for several workers; unset: local worker
 
     # --- storage ---
     data_dir: Path = Path("./data")
     image_retention_days: float = Field(30.0, gt=0)
     image_retention_bytes: int = Field(2_000_000_000, gt=0)
+    conversation_retention_days: float | None = Field(None, gt=0)  # unset: conversation text is kept
 
     # --- behaviour ---
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -113,7 +113,8 @@ class ChatService:
         self._in_flight: dict[str, _InFlight] = {}
         self._cleanups: set[asyncio.Task] = set()  # cancellations of abandoned requests still running
         store.configure_retention(max_age_days=settings.image_retention_days,
-                                  max_total_bytes=settings.image_retention_bytes)
+                                  max_total_bytes=settings.image_retention_bytes,
+                                  text_max_age_days=settings.conversation_retention_days)
 
     def language_for(self, locale: str | None) -> Literal["en", "ja"]:
         """The reply language for a platform locale (``ja*`` -> ja, others -> en, none -> the default)."""
@@ -389,7 +390,7 @@ class ChatService:
         await self._store.set_turn_status(turn_id, "answered")
         log.info("request %s done (%s, %d+%d tokens)", request_id, done.finish_reason,
                  done.usage.prompt_tokens, done.usage.completion_tokens)
-        await self._store.prune_images()
+        await self._store.apply_retention()
         shown = done.text if done.text.strip() else t("empty_answer", ask.lang)
         return Final(request_id, self._parts(shown, ask.profile))
 

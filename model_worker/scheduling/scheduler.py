@@ -63,6 +63,8 @@ class SchedulerLimits:
     # is cancelled, or finishes: fewer thread hops and token events per token, same answers.
     decode_burst_s: float = 0.02
     arrival_window_s: float = 0.02  # when idle, how long the first arrival waits for company
+    # The watchdog: an engine call running longer than this makes the worker unhealthy (None: never).
+    step_timeout_s: float | None = None
 
 
 class Rejected(Exception):
@@ -141,6 +143,7 @@ class Scheduler:
         self._idle.set()
         self._background: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
+        self._engine_busy_since: float | None = None  # written on the engine thread, read by the watchdog
 
     # ---- public API ---------------------------------------------------------------------------
 
@@ -186,6 +189,25 @@ class Scheduler:
     def start(self) -> None:
         """Start the scheduling loop on the running event loop."""
         self._loop_task = asyncio.create_task(self._run(), name="scheduler")
+
+    def stalled(self) -> str | None:
+        """Why the worker is unhealthy: the engine call now running has exceeded the step timeout.
+        None while healthy (idle, or within the limit)."""
+        since, limit = self._engine_busy_since, self._limits.step_timeout_s
+        if since is None or limit is None:
+            return None
+        running = time.monotonic() - since
+        if running <= limit:
+            return None
+        return f"an engine step has been running for {running:.0f} s (the limit is {limit:g} s)"
+
+    def check_room(self) -> None:
+        """Raise :class:`Rejected` now when a new request could not be taken (shutting down, queue full):
+        front ends call it before reading a request's body."""
+        if not self._accepting:
+            self._reject(ErrorCode.SHUTTING_DOWN, "the worker is shutting down; try again shortly")
+        if self.queue_depth >= self._limits.max_queue:
+            self._reject(ErrorCode.BUSY, "the worker's queue is full", retry_after=self._limits.busy_retry_after_s)
 
     def submit(self, request: ChatRequest, *, reserved: bool = False) -> Ticket:
         """Accept a request, or raise :class:`Rejected` at once (``busy`` when the line is full).
@@ -237,13 +259,9 @@ class Scheduler:
     # ---- admission ----------------------------------------------------------------------------
 
     def _check_admissible(self, request: ChatRequest) -> None:
-        if not self._accepting:
-            self._reject(ErrorCode.SHUTTING_DOWN, "the worker is shutting down; try again shortly")
+        self.check_room()
         if request.request_id in self._tickets:
             self._reject(ErrorCode.BAD_REQUEST, f"request_id {request.request_id!r} is already in use")
-        if self.queue_depth >= self._limits.max_queue:
-            self._reject(ErrorCode.BUSY, "the worker's queue is full",
-                         retry_after=self._limits.busy_retry_after_s)
 
     @staticmethod
     def _reject(code: ErrorCode, message: str, **extra: Any) -> None:
@@ -483,7 +501,15 @@ class Scheduler:
     # ---- plumbing -----------------------------------------------------------------------------
 
     async def _call_engine(self, fn: Callable[..., R], *args: Any) -> R:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._watched, fn, *args)
+
+    def _watched(self, fn: Callable[..., R], *args: Any) -> R:
+        """Run an engine call on the engine thread, telling the watchdog how long it has been running."""
+        self._engine_busy_since = time.monotonic()
+        try:
+            return fn(*args)
+        finally:
+            self._engine_busy_since = None
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)

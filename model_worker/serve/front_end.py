@@ -65,14 +65,20 @@ class HttpFrontEnd:
     def scheduler(self) -> Scheduler | None:
         return self._scheduler
 
-    def submit(self, request: ChatRequest) -> Ticket:
-        """Hand a request to the scheduler; :class:`Rejected` while loading, shutting down or full."""
+    def check_room(self) -> Scheduler:
+        """The scheduler, when it could take a request now; :class:`Rejected` while loading, shutting down or
+        full. Called before a request's body is read, so a refused client costs nothing."""
         if not self._accepting:
             raise Rejected(ErrorEvent(code=ErrorCode.SHUTTING_DOWN, message="the worker is shutting down"))
         if self._scheduler is None:
             raise Rejected(ErrorEvent(code=ErrorCode.LOADING, retry_after=5.0,
                                       message=f"the model is still loading ({self._progress()})"))
-        return self._scheduler.submit(request)
+        self._scheduler.check_room()
+        return self._scheduler
+
+    def submit(self, request: ChatRequest) -> Ticket:
+        """Hand a request to the scheduler; :class:`Rejected` while loading, shutting down or full."""
+        return self.check_room().submit(request)
 
     def refused(self, rejected: Rejected) -> int:
         """Count a refusal and return the HTTP status that says the same."""

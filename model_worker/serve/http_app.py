@@ -17,7 +17,7 @@ from model_worker.scheduling.metrics import METRICS_CONTENT_TYPE, WorkerMetrics
 from model_worker.scheduling.scheduler import Scheduler
 from model_worker.serve.front_end import HttpFrontEnd
 from model_worker.serve.ndjson_api import error_response
-from model_worker.wire.protocol import DEFAULT_MAX_BODY_BYTES, ErrorCode, ErrorEvent, ReadyInfo
+from model_worker.wire.protocol import DEFAULT_MAX_BODY_BYTES, ErrorCode, ErrorEvent, HealthInfo, ReadyInfo
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,15 @@ def create_app(state: WorkerState, front_ends: Sequence[HttpFrontEnd], *, token:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """200 while the process is alive (loaded or not)."""
-    return web.json_response({"alive": True})
+    """200 while the process is alive and its engine is not stuck (loaded or not); 503 with the reason when
+    an engine step has run past the watchdog's limit (the supervisor then replaces the worker)."""
+    scheduler = request.app[STATE].scheduler
+    reason = scheduler.stalled() if scheduler is not None else None
+    if reason is not None:
+        log.warning("unhealthy: %s", reason)
+    info = HealthInfo(healthy=reason is None, reason=reason)
+    return web.Response(status=200 if reason is None else 503, text=info.model_dump_json(exclude_none=True),
+                        content_type="application/json")
 
 
 async def readyz(request: web.Request) -> web.Response:

@@ -4,6 +4,7 @@ says the same."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
@@ -38,6 +39,7 @@ class NdjsonApi(HttpFrontEnd):
     async def chat(self, request: web.Request) -> web.StreamResponse:
         """Validate a chat request, queue it, and stream its events until ``done``/``error``."""
         try:
+            self.check_room()
             ticket = self.submit(await self._read_request(request))
         except Rejected as rejected:
             return error_response(self.refused(rejected), rejected.event)
@@ -60,8 +62,8 @@ class NdjsonApi(HttpFrontEnd):
 
     async def _read_request(self, request: web.Request) -> ChatRequest:
         body = await read_body(request, max_bytes=self._max_body_bytes)
-        try:
-            return ChatRequest.model_validate_json(body)
+        try:  # off the event loop: a body of images takes a while to parse
+            return await asyncio.to_thread(ChatRequest.model_validate_json, body)
         except ValidationError as exc:
             reason = describe_validation_error(exc)
             log.info("rejected a malformed chat request: %s", reason)

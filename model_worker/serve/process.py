@@ -14,7 +14,7 @@ import signal
 import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from aiohttp import web
@@ -26,9 +26,13 @@ from model_worker.serve.front_end import FrontEnd
 from model_worker.serve.http_app import WorkerState, create_app
 from model_worker.serve.ndjson_api import NdjsonApi
 from model_worker.wire.protocol import DEFAULT_MAX_BODY_BYTES, ReadyInfo
-from model_worker.wire.queue_streams import DEFAULT_CLAIM_IDLE_MS
+from model_worker.wire.queue_streams import DEFAULT_CLAIM_IDLE_MS, DEFAULT_MAX_ATTEMPTS
 
 log = logging.getLogger(__name__)
+
+#: The watchdog's default limit for one engine step, by device type: generous on CPU, where a long prefill of
+#: real-size weights takes tens of seconds.
+DEFAULT_STEP_TIMEOUT_S = {"cuda": 120.0, "cpu": 900.0}
 
 
 class ServeError(Exception):
@@ -52,6 +56,7 @@ class ServeConfig:
     shutdown_grace_s: float = 30.0
     queue_url: str | None = field(default=None, repr=False)  # also consume the shared Redis queue
     claim_idle_ms: int = DEFAULT_CLAIM_IDLE_MS
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
     consumer_name: str | None = None
     parent_pid: int | None = None  # stop when this process (the supervising bot) is gone
 
@@ -189,7 +194,10 @@ async def _load(state: WorkerState, config: ServeConfig, executor: ThreadPoolExe
     loop = asyncio.get_running_loop()
     engine = await loop.run_in_executor(executor, _load_engine, config, state.set_progress)
     state.metrics.watch_engine(engine)
-    scheduler = Scheduler(engine, executor=executor, metrics=state.metrics, limits=config.limits)
+    limits = config.limits
+    if limits.step_timeout_s is None:
+        limits = replace(limits, step_timeout_s=DEFAULT_STEP_TIMEOUT_S.get(engine.device.type, 900.0))
+    scheduler = Scheduler(engine, executor=executor, metrics=state.metrics, limits=limits)
     scheduler.start()
     state.model_info = _model_info(engine, config)
     state.scheduler = scheduler
@@ -207,7 +215,7 @@ def _queue_consumer(config: ServeConfig, state: WorkerState) -> list[FrontEnd]:
     from model_worker.serve.redis_consumer import RedisConsumer
 
     return [RedisConsumer(config.queue_url, metrics=state.metrics, consumer=config.consumer_name,
-                          claim_idle_ms=config.claim_idle_ms,
+                          claim_idle_ms=config.claim_idle_ms, max_attempts=config.max_attempts,
                           ready_info=lambda: ReadyInfo(ready=state.accepting, **state.model_info))]
 
 
@@ -223,7 +231,8 @@ def _load_engine(config: ServeConfig, progress: Callable[[str], None]) -> Engine
 
 
 def _model_info(engine: Engine, config: ServeConfig) -> dict[str, object]:
-    info: dict[str, object] = {"model": config.weights.name, "max_batch_size": engine.max_batch_size}
+    info: dict[str, object] = {"model": config.weights.name, "max_batch_size": engine.max_batch_size,
+                               "max_queue": config.limits.max_queue}
     for name in ("device", "dtype"):
         value = getattr(engine, name, None)
         if value is not None:

@@ -61,9 +61,11 @@ class WorkerHandle:
             connection.close()
 
 
-def serve_command(weights_dir: Path, socket_path: Path, **serve_flags: object) -> list[str]:
-    """The command line of a worker: ``max_batch_size=1`` becomes ``--max-batch-size 1``."""
-    command = [sys.executable, "-m", "model_worker", "serve", "--weights", str(weights_dir),
+def serve_command(weights_dir: Path, socket_path: Path, *, module: str = "model_worker",
+                  **serve_flags: object) -> list[str]:
+    """The command line of a worker: ``max_batch_size=1`` becomes ``--max-batch-size 1``; ``module``
+    ``tests.support.faulty_worker`` runs one whose engine misbehaves on marked requests."""
+    command = [sys.executable, "-m", module, "serve", "--weights", str(weights_dir),
                "--socket", str(socket_path), "--device", "cpu", "--dtype", "float32"]
     for name, value in serve_flags.items():
         command += [f"--{name.replace('_', '-')}", str(value)]
@@ -71,13 +73,14 @@ def serve_command(weights_dir: Path, socket_path: Path, **serve_flags: object) -
 
 
 @contextlib.contextmanager
-def run_worker(weights_dir: Path, workdir: Path, **serve_flags: object) -> Iterator[WorkerHandle]:
+def run_worker(weights_dir: Path, workdir: Path, *, module: str = "model_worker",
+               **serve_flags: object) -> Iterator[WorkerHandle]:
     """Start a worker, wait until ``/readyz`` says ready, yield its handle, then stop it (SIGTERM)."""
     workdir.mkdir(parents=True, exist_ok=True)
     socket_path = workdir / "worker.sock"
     log_path = workdir / "worker.log"
     with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(serve_command(weights_dir, socket_path, **serve_flags),
+        process = subprocess.Popen(serve_command(weights_dir, socket_path, module=module, **serve_flags),
                                    stdout=log_file, stderr=subprocess.STDOUT, env=_worker_env())
     token = serve_flags.get("token")
     handle = WorkerHandle(socket_path=socket_path, process=process, log_path=log_path,
@@ -116,6 +119,8 @@ def stop_process(process: subprocess.Popen, grace_s: float = 15.0) -> None:
 def _worker_env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("WORKER_TOKEN", None)  # a developer's own token must not change what the tests see
+    root = str(Path(__file__).resolve().parents[2])  # so that ``-m tests.support.faulty_worker`` resolves
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     return env
 
 
