@@ -34,7 +34,7 @@ from pathlib import Path
 from PIL import Image
 
 from bot.worker_client.image_refs import ImageRefClient
-from model_worker.protocol import ChatRequest, DoneEvent, ImageRef, TokenEvent, Turn
+from model_worker.wire.protocol import ChatRequest, DoneEvent, ImageRef, TokenEvent, Turn
 from tests.support.worker import run_worker
 from tests.worker.conversation import metric_value
 

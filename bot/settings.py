@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from model_worker.wire.protocol import DEFAULT_REQUEST_TIMEOUT_S
+
 #: A comma-separated list in the environment ("a,b,c"), a tuple in code.
 IdList = Annotated[tuple[str, ...], NoDecode]
 
@@ -51,7 +53,7 @@ class Settings(BaseSettings):
     worker_device: str = "auto"  # auto, cuda, cuda:N, cpu
     worker_dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     worker_restart_backoff_s: float = Field(2.0, gt=0, le=300)
-    worker_request_timeout_s: float = Field(600.0, gt=0)
+    worker_request_timeout_s: float = Field(DEFAULT_REQUEST_TIMEOUT_S, gt=0)
     queue_url: SecretStr | None = None  # redis:// or rediss:// for several workers; unset: local worker
 
     # --- storage ---

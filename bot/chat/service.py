@@ -51,7 +51,8 @@ from bot.chat.splitting import neutralise_mentions, prepare_parts
 from bot.chat.store import ConversationKey, DuplicateMessage, Store
 from bot.settings import Settings
 from bot.worker_client.base import WorkerClient, WorkerError
-from model_worker.protocol import (
+from model_worker.wire.protocol import (
+    DEFAULT_MAX_BODY_BYTES,
     ChatRequest,
     DoneEvent,
     FinishReason,
@@ -68,8 +69,9 @@ from model_worker.protocol import (
 log = logging.getLogger(__name__)
 
 MAX_TURNS_SENT = 512  # the protocol's limit; the worker itself drops the oldest turns that do not fit
-#: Raw image bytes per request (base64 adds a third): stays under the worker's default 64 MB body cap.
-MAX_REQUEST_IMAGE_BYTES = 40_000_000
+#: Raw image bytes per request: base64 adds a third, and room is left for the text, so a request stays
+#: under the worker's default body limit.
+MAX_REQUEST_IMAGE_BYTES = DEFAULT_MAX_BODY_BYTES * 3 // 5
 #: A Discord DM's membership lookup (a few REST calls) may take this long before the DM is refused.
 MEMBERSHIP_LOOKUP_TIMEOUT_S = 10.0
 

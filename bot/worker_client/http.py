@@ -15,7 +15,7 @@ import aiohttp
 from pydantic import ValidationError
 
 from bot.worker_client.base import WorkerInternal, WorkerUnavailable, error_from_event
-from model_worker.protocol import (
+from model_worker.wire.protocol import (
     NDJSON,
     ChatRequest,
     DoneEvent,

@@ -14,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 
 from bot.worker_client.base import UnknownImage, WorkerClient
-from model_worker.protocol import ChatRequest, DoneEvent, Event, ImageRef, ReadyInfo, TokenEvent, Turn
+from model_worker.wire.protocol import ChatRequest, DoneEvent, Event, ImageRef, ReadyInfo, TokenEvent, Turn
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,10 @@ from bot.worker_client.base import (
     WorkerUnavailable,
     error_from_event,
 )
-from model_worker.protocol import (
+from model_worker.wire.protocol import (
+    BUSY_RETRY_AFTER_S,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_REQUEST_TIMEOUT_S,
     ChatRequest,
     DoneEvent,
     ErrorEvent,
@@ -37,12 +40,14 @@ from model_worker.protocol import (
     ReadyInfo,
     Turn,
 )
-from model_worker.queue_streams import (
+from model_worker.wire.queue_streams import (
     BACKLOG_SCRIPT,
     BLOCK_MS,
     DEFAULT_GROUP,
     DEFAULT_STREAM,
     ENQUEUE_SCRIPT,
+    EVENTS_TTL_S,
+    IMAGE_TTL_S,
     POSITION_SCRIPT,
     WITHDRAW_SCRIPT,
     QueueKeys,
@@ -62,8 +67,9 @@ class RedisWorkerClient:
     """:class:`~bot.worker_client.base.WorkerClient` over a Redis Streams consumer group."""
 
     def __init__(self, url: str, *, stream: str = DEFAULT_STREAM, group: str = DEFAULT_GROUP,
-                 max_queue: int = 64, request_timeout_s: float = 600.0, image_ttl_s: int = 3600,
-                 events_ttl_s: int = 900, busy_retry_after_s: float = 5.0) -> None:
+                 max_queue: int = DEFAULT_MAX_QUEUE, request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+                 image_ttl_s: int = IMAGE_TTL_S, events_ttl_s: int = EVENTS_TTL_S,
+                 busy_retry_after_s: float = BUSY_RETRY_AFTER_S) -> None:
         if max_queue < 1:
             raise ValueError("max_queue must be at least 1")
         self._redis = connect(url)

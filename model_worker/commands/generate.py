@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from model_worker.protocol import ChatRequest, GenerationParams, ImageRef, Turn
+from model_worker.wire.protocol import ChatRequest, GenerationParams, ImageRef, Turn
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,8 +54,9 @@ def _request(args: argparse.Namespace) -> ChatRequest:
 
 
 def run(args: argparse.Namespace) -> int:
-    from model_worker.engine import load_engine
-    from model_worker.engine_api import EngineError
+    from model_worker.engine.engine import load_engine
+    from model_worker.engine.options import EngineOptions
+    from model_worker.engine.sequence import EngineError
     from model_worker.model.weights import WeightsError
 
     try:
@@ -65,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     started = time.perf_counter()
     try:
-        engine = load_engine(args.weights, device=args.device, dtype=args.dtype, max_batch_size=1)
+        engine = load_engine(args.weights, device=args.device, dtype=args.dtype,
+                             options=EngineOptions(max_batch_size=1))
     except (WeightsError, ValueError) as exc:
         print(f"error: cannot load the weights: {exc}", file=sys.stderr)
         return 1

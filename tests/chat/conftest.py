@@ -13,7 +13,7 @@ from bot.chat.messages import IncomingMessage, PlatformProfile, Reply
 from bot.chat.service import ChatService
 from bot.chat.store import Store
 from bot.settings import Settings
-from model_worker.protocol import ChatRequest
+from model_worker.wire.protocol import ChatRequest
 from tests.support.recording import RecordingWorker
 
 # The adapters' own profiles, without the pause between streamed edits (these tests read every event).

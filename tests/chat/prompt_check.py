@@ -7,7 +7,7 @@ from pathlib import Path
 from model_worker.model.arch import load_arch
 from model_worker.model.prompt import TokenizedPrompt, build_prompt, tokenize_prompt
 from model_worker.model.tokenizer import Tokenizer
-from model_worker.protocol import ChatRequest
+from model_worker.wire.protocol import ChatRequest
 
 
 def worker_prompt(weights_dir: Path, request: ChatRequest) -> TokenizedPrompt:

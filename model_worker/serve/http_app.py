@@ -1,0 +1,97 @@
+"""The worker's HTTP listener (aiohttp): health, readiness and metrics, plus the routes of the HTTP front ends.
+
+The socket is bound first and the model loads on the engine thread afterwards, so ``/readyz`` can report
+loading progress. With a token, every request must carry ``Authorization: Bearer TOKEN``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from model_worker.scheduling.metrics import METRICS_CONTENT_TYPE, WorkerMetrics
+from model_worker.scheduling.scheduler import Scheduler
+from model_worker.serve.front_end import HttpFrontEnd
+from model_worker.serve.ndjson_api import error_response
+from model_worker.wire.protocol import DEFAULT_MAX_BODY_BYTES, ErrorCode, ErrorEvent, ReadyInfo
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerState:
+    """What the health and readiness handlers report: loading progress, then the scheduler and model info."""
+
+    metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
+    scheduler: Scheduler | None = None
+    model_info: dict[str, object] = field(default_factory=dict)
+    progress: str = "starting"
+    accepting: bool = True
+
+    def set_progress(self, message: str) -> None:
+        """Record what loading is doing (called from the engine thread: a plain attribute store)."""
+        self.progress = message
+
+
+STATE = web.AppKey("state", WorkerState)
+
+
+def create_app(state: WorkerState, front_ends: Sequence[HttpFrontEnd], *, token: str | None,
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> web.Application:
+    """The aiohttp application: health, readiness, metrics and every front end's routes."""
+    middlewares = [_bearer_auth(token)] if token else []
+    app = web.Application(client_max_size=max_body_bytes, middlewares=middlewares)
+    app[STATE] = state
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    for front_end in front_ends:
+        app.router.add_routes(front_end.routes())
+    return app
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """200 while the process is alive (loaded or not)."""
+    return web.json_response({"alive": True})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """200 with model info once the model is loaded; 503 with loading progress before that."""
+    state = request.app[STATE]
+    if state.scheduler is None or not state.accepting:
+        status = 503
+        info = ReadyInfo(ready=False, progress=state.progress if state.accepting else "shutting down")
+    else:
+        status = 200
+        info = ReadyInfo(ready=True, queue_depth=state.scheduler.queue_depth,
+                         running=state.scheduler.running_count, **state.model_info)
+    return web.Response(status=status, text=info.model_dump_json(exclude_none=True),
+                        content_type="application/json")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text exposition."""
+    body = request.app[STATE].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _bearer_auth(token: str) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def check_bearer(request: web.Request, handler: Handler) -> web.StreamResponse:
+        given = request.headers.get("Authorization", "").encode("utf-8", "replace")
+        if not hmac.compare_digest(given, expected):
+            log.warning("refused a request without the right bearer token from %s", request.remote)
+            return error_response(401, ErrorEvent(code=ErrorCode.BAD_REQUEST,
+                                                  message="missing or wrong bearer token"))
+        return await handler(request)
+
+    return check_bearer

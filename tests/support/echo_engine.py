@@ -1,0 +1,61 @@
+"""A small deterministic engine (plain Python, no model) that follows the scheduler's Engine protocol
+(``model_worker/engine/sequence.py``): it "generates" the last user text one character per step, so every
+expectation is computable."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from model_worker.engine.sequence import EngineError, Sequence
+from model_worker.wire.protocol import ChatRequest, ErrorCode, FinishReason
+
+
+class EchoEngine:
+    """Echoes the last user text, one character per step; ``!`` in the text makes decode fail."""
+
+    def __init__(self, max_batch_size: int = 4, step_s: float = 0.0) -> None:
+        self.max_batch_size = max_batch_size
+        self.step_s = step_s
+        self.batches: list[int] = []
+        self.released: list[str] = []
+        self.thread_names: set[str] = set()
+
+    def _record_thread(self) -> None:
+        self.thread_names.add(threading.current_thread().name)
+
+    def prepare(self, request: ChatRequest) -> Sequence:
+        self._record_thread()
+        turn = request.conversation[-1]
+        for image in turn.images:
+            try:
+                image.decode()
+            except ValueError as exc:
+                raise EngineError(ErrorCode.BAD_IMAGE, str(exc)) from None
+        return Sequence(request=request, prompt_tokens=len(turn.text), state=turn.text)
+
+    def prefill(self, seqs: list[Sequence]) -> None:
+        self._record_thread()
+        self._advance(seqs)
+
+    def decode(self, seqs: list[Sequence]) -> None:
+        self._record_thread()
+        self.batches.append(len(seqs))
+        if any("!" in seq.state for seq in seqs):
+            raise RuntimeError("simulated device failure")
+        time.sleep(self.step_s)
+        self._advance(seqs)
+
+    def release(self, seq: Sequence) -> None:
+        self._record_thread()
+        self.released.append(seq.request_id)
+
+    @staticmethod
+    def _advance(seqs: list[Sequence]) -> None:
+        for seq in seqs:
+            source: str = seq.state
+            seq.output_ids.append(len(seq.output_ids))
+            seq.text = source[:len(seq.output_ids)]
+            if len(seq.output_ids) >= min(seq.request.generation.max_new_tokens, len(source)):
+                full = len(seq.output_ids) >= len(source)
+                seq.finish_reason = FinishReason.STOP if full else FinishReason.LENGTH
