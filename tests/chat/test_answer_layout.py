@@ -10,6 +10,7 @@ platforms' unkindness (429s on edits and posts, a message deleted mid-stream) an
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable
@@ -193,7 +194,9 @@ async def _stream(rendering: Rendering, text: str, *, step: int, every_s: float)
     await rendering.render(Final(RID, split(text, rendering.profile)))
 
 
-async def test_rate_limited_edits_and_posts_still_show_the_whole_answer_once(paced: Rendering) -> None:
+async def test_rate_limited_edits_and_posts_still_show_the_whole_answer_once(
+        paced: Rendering, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="bot.chat.rendering")
     answer = (SENTENCE * 70)[:3000].strip()
     expected = [(part, False) for part in split(answer, paced.profile)]
     assert len(expected) == 2  # 3,000 characters take two messages on both platforms
@@ -203,6 +206,8 @@ async def test_rate_limited_edits_and_posts_still_show_the_whole_answer_once(pac
     assert paced.posts() == len(expected), "nothing is posted twice"
     edits_refused, posts_refused = paced.rate_limited()
     assert edits_refused >= 1 and posts_refused == 1, "the limits really struck"
+    refusals = [record for record in caplog.records if record.name == "bot.chat.rendering"]
+    assert not refusals, "the client library waited the 429s out; the renderer never saw a refusal"
 
 
 async def test_a_message_deleted_mid_stream_continues_in_a_new_message(quick: Rendering) -> None:

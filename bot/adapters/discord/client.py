@@ -80,7 +80,9 @@ class ChatClient(discord.Client):
         self.tree = app_commands.CommandTree(self)
         self.tree.error(self._command_failed)
         self._chat = None
-        if service is not None and session is not None:
+        if service is not None:
+            if session is None:
+                raise ValueError("answering needs a session for attachment downloads")
             lookups = Lookups(Downloader(session, max_bytes=settings.max_image_bytes), MemberDirectory(self))
             self._chat = Listeners(service=service, lookups=lookups)
         self._handlers: set[asyncio.Task[object]] = set()  # running event handlers, cancelled on close
