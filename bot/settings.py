@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from model_worker.wire.protocol import DEFAULT_REQUEST_TIMEOUT_S
+from model_worker.wire.protocol import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_REQUEST_TIMEOUT_S
 
 #: A comma-separated list in the environment ("a,b,c"), a tuple in code.
 IdList = Annotated[tuple[str, ...], NoDecode]
@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     # --- behaviour ---
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     default_language: Literal["en", "ja"] = "en"
-    max_image_bytes: int = Field(20_000_000, gt=0)
+    max_image_bytes: int = Field(DEFAULT_MAX_IMAGE_BYTES, gt=0)
     max_image_pixels: int = Field(50_000_000, gt=0)
     max_image_side: int = Field(2048, ge=224)
     max_images_per_message: int = Field(4, ge=1, le=10)

@@ -1,4 +1,5 @@
-"""``python -m model_worker serve``: the worker's HTTP API on a Unix socket (default) or loopback TCP."""
+"""``python -m model_worker serve``: the worker's HTTP APIs (its own NDJSON one and an OpenAI-compatible
+one) on a Unix socket (default) or TCP."""
 
 from __future__ import annotations
 
@@ -18,7 +19,13 @@ from model_worker.commands.throughput_flags import (
 from model_worker.scheduling.scheduler import SchedulerLimits
 from model_worker.serve.process import ServeConfig, ServeError, serve
 from model_worker.wire.logs import configure_logging
-from model_worker.wire.protocol import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUE, DEFAULT_REQUEST_TIMEOUT_S
+from model_worker.wire.protocol import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_REQUEST_TIMEOUT_S,
+    IMAGE_DOWNLOAD_TIMEOUT_S,
+)
 from model_worker.wire.queue_streams import DEFAULT_CLAIM_IDLE_MS, DEFAULT_MAX_ATTEMPTS
 
 log = logging.getLogger(__name__)
@@ -60,6 +67,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--step-timeout", type=positive(float), default=None, metavar="SECONDS",
                         help="the watchdog: when one engine step runs longer than this, /healthz turns unhealthy "
                              "so that a supervisor replaces the worker (default 120 on CUDA, 900 on CPU)")
+    parser.add_argument("--allow-remote-images", action="store_true",
+                        help="let the OpenAI-compatible API fetch http(s) image URLs (at most "
+                             f"{DEFAULT_MAX_IMAGE_BYTES // 1_000_000} MB and {IMAGE_DOWNLOAD_TIMEOUT_S:g} s each; "
+                             "anyone who can reach the API can then make the worker fetch URLs); "
+                             "off: only data: URLs are taken")
     parser.add_argument("--shutdown-grace", type=float, default=30.0, metavar="SECONDS",
                         help="on SIGTERM, how long running answers may finish before they are stopped")
     parser.add_argument("--parent-pid", type=int, metavar="PID",
@@ -94,6 +106,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
                                max_tokens_in_flight=max_tokens_in_flight(args), step_timeout_s=args.step_timeout),
         engine_options=engine_options_from_args(args),
         max_body_bytes=int(args.max_body_mb * 2**20),
+        allow_remote_images=args.allow_remote_images,
         shutdown_grace_s=args.shutdown_grace,
         parent_pid=args.parent_pid,
         queue_url=_queue_url(args),

@@ -48,6 +48,9 @@ R = TypeVar("R")
 _INTERNAL_MESSAGE = "the worker failed while answering; its log has the details"
 
 
+#: The metrics' name for requests submitted without naming their front end (tests, benchmarks).
+UNNAMED_FRONT_END = "direct"
+
 _ARRIVAL_QUIET_S = 0.003  # no new request for this long: the arrivals have settled
 
 
@@ -88,6 +91,7 @@ class Ticket:
     request: ChatRequest
     submitted_at: float
     deadline: float
+    front_end: str = UNNAMED_FRONT_END  # where the request came from, for the metrics
     seq: Sequence | None = None
     position: int | None = None
     stop: _Stop | None = None
@@ -209,9 +213,11 @@ class Scheduler:
         if self.queue_depth >= self._limits.max_queue:
             self._reject(ErrorCode.BUSY, "the worker's queue is full", retry_after=self._limits.busy_retry_after_s)
 
-    def submit(self, request: ChatRequest, *, reserved: bool = False) -> Ticket:
+    def submit(self, request: ChatRequest, *, reserved: bool = False,
+               front_end: str = UNNAMED_FRONT_END) -> Ticket:
         """Accept a request, or raise :class:`Rejected` at once (``busy`` when the line is full).
         ``reserved``: the request uses a place held with :meth:`reserve` (given back either way).
+        ``front_end``: the name the metrics give the request's front end.
 
         The prompt is prepared on the engine thread in the background; a bad image or an over-long
         context then ends the ticket with an ``error`` event.
@@ -220,7 +226,8 @@ class Scheduler:
             self.unreserve()
         self._check_admissible(request)
         now = self._last_arrival = time.monotonic()
-        ticket = Ticket(request, submitted_at=now, deadline=now + self._limits.request_timeout_s)
+        ticket = Ticket(request, submitted_at=now, deadline=now + self._limits.request_timeout_s,
+                        front_end=front_end)
         self._tickets[ticket.request_id] = ticket
         self._preparing += 1
         self._update_gauges()
@@ -453,10 +460,10 @@ class Scheduler:
         if ticket.seq is not None:
             self._release(ticket.seq)
         if isinstance(event, DoneEvent):
-            self._metrics.requests.labels(event.finish_reason.value).inc()
+            self._metrics.requests.labels(event.finish_reason.value, ticket.front_end).inc()
             self._metrics.latency.observe(event.timings["total_s"])
         else:
-            self._metrics.errors.labels(event.code.value).inc()
+            self._metrics.errors.labels(event.code.value, ticket.front_end).inc()
         log.info("request %s ended: %s", ticket.request_id,
                  event.finish_reason.value if isinstance(event, DoneEvent) else event.code.value)
         ticket.put(event)

@@ -22,9 +22,11 @@ from aiohttp import web
 from model_worker.engine.options import EngineOptions
 from model_worker.engine.sequence import Engine
 from model_worker.scheduling.scheduler import Scheduler, SchedulerLimits
-from model_worker.serve.front_end import FrontEnd
+from model_worker.serve.front_end import FrontEnd, HttpFrontEnd
 from model_worker.serve.http_app import WorkerState, create_app
 from model_worker.serve.ndjson_api import NdjsonApi
+from model_worker.serve.openai_api import OpenAiApi
+from model_worker.serve.remote_images import RemoteImageFetcher
 from model_worker.wire.protocol import DEFAULT_MAX_BODY_BYTES, ReadyInfo
 from model_worker.wire.queue_streams import DEFAULT_CLAIM_IDLE_MS, DEFAULT_MAX_ATTEMPTS
 
@@ -53,6 +55,7 @@ class ServeConfig:
     engine_options: EngineOptions = EngineOptions()  # batch size, cache bounds, compile
     limits: SchedulerLimits = SchedulerLimits()
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    allow_remote_images: bool = False  # the OpenAI API may fetch http(s) image URLs
     shutdown_grace_s: float = 30.0
     queue_url: str | None = field(default=None, repr=False)  # also consume the shared Redis queue
     claim_idle_ms: int = DEFAULT_CLAIM_IDLE_MS
@@ -86,8 +89,7 @@ async def serve(config: ServeConfig) -> int:
     check_config(config)
     state = WorkerState()
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
-    http_front_ends = [NdjsonApi(metrics=state.metrics, max_body_bytes=config.max_body_bytes,
-                                 loading_progress=lambda: state.progress)]
+    http_front_ends = _http_front_ends(config, state)
     front_ends: list[FrontEnd] = [*http_front_ends, *_queue_consumer(config, state)]
     app = create_app(state, http_front_ends, token=config.token, max_body_bytes=config.max_body_bytes)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5.0)
@@ -205,6 +207,14 @@ async def _load(state: WorkerState, config: ServeConfig, executor: ThreadPoolExe
     for front_end in front_ends:
         front_end.start(scheduler)
     log.info("model loaded (%s); serving", ", ".join(f"{k}={v}" for k, v in state.model_info.items()))
+
+
+def _http_front_ends(config: ServeConfig, state: WorkerState) -> list[HttpFrontEnd]:
+    """The bot's NDJSON API and the OpenAI-compatible one, on the one listener."""
+    shared = {"metrics": state.metrics, "max_body_bytes": config.max_body_bytes,
+              "loading_progress": lambda: state.progress}
+    remote_images = RemoteImageFetcher() if config.allow_remote_images else None
+    return [NdjsonApi(**shared), OpenAiApi(**shared, remote_images=remote_images)]
 
 
 def _queue_consumer(config: ServeConfig, state: WorkerState) -> list[FrontEnd]:

@@ -347,9 +347,9 @@ class RedisConsumer:
         try:
             request = await self._load_request(fields)
             job.reserved = False
-            ticket = self._scheduler.submit(request, reserved=True)
+            ticket = self._scheduler.submit(request, reserved=True, front_end=self.name)
         except Rejected as exc:
-            self._metrics.errors.labels(exc.event.code.value).inc()
+            self._metrics.errors.labels(exc.event.code.value, self.name).inc()
             return await self._forward(job, [exc.event])
         job.submitted = True
         return await self._forward(job, ticket.events())

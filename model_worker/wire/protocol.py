@@ -34,6 +34,11 @@ DEFAULT_MAX_QUEUE = 64
 DEFAULT_MAX_BODY_BYTES = 64 * 2**20
 #: The ``retry_after`` hint sent with ``busy`` (seconds).
 BUSY_RETRY_AFTER_S = 5.0
+#: Largest image file downloaded: the bot's attachments (``MAX_IMAGE_BYTES``) and the worker's opt-in
+#: remote image URLs.
+DEFAULT_MAX_IMAGE_BYTES = 20_000_000
+#: Longest time one image download may take (seconds).
+IMAGE_DOWNLOAD_TIMEOUT_S = 30.0
 
 # Caps on one request: they bound the body, the worker's tokenizing and the prompt it fits. The bot sends only
 # the tail of a conversation that fits within them (the model's context holds far less than this anyway).
