@@ -37,6 +37,7 @@ _EN: dict[str, str] = {
     "reset_where": "Nothing was reset: this command cannot tell which conversation you mean. To start over, "
     "type `reset` in the conversation's thread (in a DM, anywhere in the DM).",
     "empty_message": "Send some text or an image and I'll answer.",
+    "message_cut": "Your message was longer than the model can read, so I answered its beginning.",
     # attachments
     "image_unsupported": "{name} was skipped: it is not a supported image. Accepted: {accepted}.",
     "image_too_large": "{name} was skipped: it is larger than {limit_mb} MB.",
@@ -102,6 +103,7 @@ _JA: dict[str, str] = {
     "reset_where": "リセットしていません: このコマンドではどの会話のことか分かりません。やり直すには、その会話の"
     "スレッドで `リセット`（reset）と書いてください（DM では DM のどこでも構いません）。",
     "empty_message": "テキストか画像を送ってください。",
+    "message_cut": "メッセージがモデルの読める長さを超えていたため、最初の部分に回答しました。",
     "image_unsupported": "{name} はスキップしました: 対応していない画像です。対応形式: {accepted}。",
     "image_too_large": "{name} はスキップしました: {limit_mb} MB を超えています。",
     "image_too_many_pixels": "{name} はスキップしました: {limit_mp} メガピクセルを超えています。",

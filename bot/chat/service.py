@@ -7,10 +7,13 @@ first become further messages). The flow is a sequence of named steps:
 
 1. route: a message delivered again is dropped at once; is it for the bot (mention, reply to the bot, DM,
    or a thread it already talks in)?
-2. admit: access rules, then commands (``reset``/``help``), then the user's rate and in-flight limits;
+2. admit: access rules, then commands (``reset``/``help``), then the user's rate and in-flight limits, then
+   the bot-wide bound on answers in progress (:mod:`bot.chat.admission`), all before any download;
 3. intake images (metadata check, fetch, normalise), with a notice for each skipped attachment;
-4. store the user turn, *then* send the worker the whole conversation with every image as data;
-5. stream: placeholder with queue position, first token at once, then edits paced to the platform;
+4. store the user turn, *then* send the worker the newest turns that can fit the model's context, with
+   their images as data (:mod:`bot.chat.context`);
+5. stream: placeholder with queue position, first token at once, then edits paced to the platform, all
+   within one deadline (``WORKER_REQUEST_TIMEOUT_S``), past which the user is told and the worker stops;
 6. on completion store the assistant turn; a failed or cancelled answer leaves the user turn in place.
 
 What the answer's messages look like at each step is decided in :mod:`bot.chat.layout`.
@@ -26,7 +29,9 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from bot.chat.access import AccessPolicy
+from bot.chat.admission import AnswerSlots
 from bot.chat.commands import Command, parse_command
+from bot.chat.context import ContextBudget, conversation_tail, request_turns
 from bot.chat.conversations import addresses_bot, conversation_key, opens_thread, thread_name
 from bot.chat.dedup import RecentDeliveries
 from bot.chat.failures import failure_text, limited_text, not_allowed_text, rejected_image_text
@@ -50,25 +55,25 @@ from bot.chat.pacing import EditPacer
 from bot.chat.splitting import neutralise_mentions, prepare_parts
 from bot.chat.store import ConversationKey, DuplicateMessage, Store
 from bot.settings import Settings
-from bot.worker_client.base import WorkerClient, WorkerError
+from bot.worker_client.base import WorkerClient, WorkerError, WorkerTimeout
 from model_worker.wire.protocol import (
+    BUSY_RETRY_AFTER_S,
     DEFAULT_MAX_BODY_BYTES,
+    MAX_TURN_CHARS,
+    MAX_TURNS,
     ChatRequest,
     DoneEvent,
     FinishReason,
     GenerationParams,
-    ImageRef,
     QueuedEvent,
     RestartedEvent,
     StartedEvent,
     TokenEvent,
-    Turn,
     Usage,
 )
 
 log = logging.getLogger(__name__)
 
-MAX_TURNS_SENT = 512  # the protocol's limit; the worker itself drops the oldest turns that do not fit
 #: Raw image bytes per request: base64 adds a third, and room is left for the text, so a request stays
 #: under the worker's default body limit.
 MAX_REQUEST_IMAGE_BYTES = DEFAULT_MAX_BODY_BYTES * 3 // 5
@@ -118,6 +123,7 @@ class ChatService:
                                   max_in_flight=settings.max_in_flight_per_user)
         self._image_limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels,
                                          settings.max_image_side)
+        self._slots = AnswerSlots(worker)
         self._in_flight: dict[str, _InFlight] = {}
         self._deliveries = RecentDeliveries()
         self._cleanups: set[asyncio.Task] = set()  # cancellations of abandoned requests still running
@@ -251,12 +257,25 @@ class ChatService:
             yield Notice(limited_text(limited, ask.lang), kind="limited")
             return
         try:
-            async with aclosing(self._answer(ask)) as replies:
+            async with aclosing(self._answer_within_capacity(ask)) as replies:
                 async for reply in replies:
                     yield reply
         finally:
             if not exempt:
                 self._limits.release(ask.user_key)
+
+    async def _answer_within_capacity(self, ask: _Ask) -> AsyncIterator[Reply]:
+        if not self._slots.try_take():
+            log.info("%d answers in progress, the most the worker takes: %s told busy", self._slots.limit,
+                     ask.user_key)
+            yield Notice(t("busy", ask.lang, seconds=round(BUSY_RETRY_AFTER_S)), kind="limited")
+            return
+        try:
+            async with aclosing(self._answer(ask)) as replies:
+                async for reply in replies:
+                    yield reply
+        finally:
+            self._slots.give_back()
 
     # ---- step 3-4: images, user turn, request ----
 
@@ -303,32 +322,21 @@ class ChatService:
         return conversation.id, turn_id
 
     async def _build_request(self, conversation_id: int, user_key: str) -> ChatRequest:
-        """All turns of the conversation so far, each with its images as data."""
-        turns = (await self._store.list_turns(conversation_id))[-MAX_TURNS_SENT:]
-        hashes = [sha for turn in turns for sha in turn.image_hashes]
+        """The newest turns of the conversation that can fit the context, with their images as data."""
+        budget = ContextBudget.for_answer(max_new_tokens=self._settings.max_new_tokens,
+                                          image_bytes=self._max_request_image_bytes)
+        turns = await self._store.recent_turns(conversation_id, limit=MAX_TURNS, max_text_chars=MAX_TURN_CHARS)
+        tail = conversation_tail(turns, budget)
+        hashes = [sha for turn in tail for sha in turn.image_hashes]
         images = await self._store.get_images(hashes)
-        missing = set(hashes) - images.keys()
-        if missing:
-            log.warning("conversation %d: %d image(s) past retention are left out", conversation_id, len(missing))
-        sent = self._images_within_budget([[images.get(sha) for sha in turn.image_hashes] for turn in turns])
-        if sum(map(len, sent)) < len(hashes) - len(missing):
-            log.warning("conversation %d: the oldest images are left out to keep the request under %d bytes",
-                        conversation_id, self._max_request_image_bytes)
-        conversation = [Turn(role=turn.role, text=turn.text, images=[ImageRef.from_bytes(data) for data in datas])
-                        for turn, datas in zip(turns, sent, strict=True)]
+        if len(images) < len(set(hashes)):
+            log.warning("conversation %d: %d image(s) past retention are left out", conversation_id,
+                        len(set(hashes)) - len(images))
+        conversation = await asyncio.to_thread(request_turns, tail, images, budget)
+        if sum(len(turn.images) for turn in conversation) < len(hashes):
+            log.info("conversation %d: older images are left out to keep the request within its budget",
+                     conversation_id)
         return ChatRequest(user=user_key, conversation=conversation, generation=self._generation())
-
-    def _images_within_budget(self, per_turn: list[list[bytes | None]]) -> list[list[bytes]]:
-        """Each turn's images, newest first into the byte budget; the newest turn's are always kept."""
-        budget = self._max_request_image_bytes
-        kept: list[list[bytes]] = []
-        for index, datas in enumerate(reversed(per_turn)):
-            held = [data for data in datas if data is not None]
-            size = sum(map(len, held))
-            keep = index == 0 or size <= budget
-            budget -= size if keep else 0
-            kept.append(held if keep else [])
-        return kept[::-1]
 
     def _generation(self) -> GenerationParams:
         s = self._settings
@@ -368,25 +376,52 @@ class ChatService:
             log.exception("request %s: finishing failed", request_id)
             ending = self._failed(request_id, ask, outcome.text, "internal", t("internal", ask.lang))
         yield ending
+        if isinstance(ending, Final) and not ending.cancelled and (
+                outcome.done.question_cut or len(ask.message.text) > MAX_TURN_CHARS):
+            yield Notice(t("message_cut", ask.lang))
 
     async def _stream(self, request: ChatRequest, ask: _Ask, outcome: _Outcome) -> AsyncIterator[Reply]:
-        pacer = EditPacer(ask.profile.edit_interval_s)
-        request_id = request.request_id
+        """The answer as it grows, within the deadline: past it the worker is told to stop, and the user
+        that it took too long (the text so far stays)."""
+        deadline = asyncio.get_running_loop().time() + self._settings.worker_request_timeout_s
+        async with aclosing(self._events_before(deadline, request)) as events:
+            async for reply in self._replies(events, request.request_id, ask, outcome):
+                yield reply
+
+    async def _events_before(self, deadline: float, request: ChatRequest) -> AsyncIterator:
+        """The worker's events until the deadline. Only the wait for the next event is timed (a timeout
+        around a ``yield`` would cancel whatever the adapter awaits in between)."""
         async with aclosing(self._worker.chat(request)) as events:
-            async for event in events:
-                if isinstance(event, TokenEvent):
-                    outcome.text += event.text
-                    if outcome.text.strip() and pacer.due():
-                        yield Streaming(request_id, self._parts(outcome.text, ask.profile))
-                elif isinstance(event, DoneEvent):
-                    outcome.done = event
-                else:
-                    if isinstance(event, RestartedEvent):
-                        outcome.text = ""
-                        pacer.reset()
-                    placeholder = self._placeholder_for(event, request_id, ask, outcome)
-                    if placeholder is not None:
-                        yield placeholder
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        event = await anext(events)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    log.warning("request %s: no answer within %.0f s; stopping it", request.request_id,
+                                self._settings.worker_request_timeout_s)
+                    self._cancel_in_background(request.request_id)
+                    raise WorkerTimeout("no answer within WORKER_REQUEST_TIMEOUT_S") from None
+                yield event
+
+    async def _replies(self, events: AsyncIterator, request_id: str, ask: _Ask,
+                       outcome: _Outcome) -> AsyncIterator[Reply]:
+        pacer = EditPacer(ask.profile.edit_interval_s)
+        async for event in events:
+            if isinstance(event, TokenEvent):
+                outcome.text += event.text
+                if outcome.text.strip() and pacer.due():
+                    yield Streaming(request_id, self._parts(outcome.text, ask.profile))
+            elif isinstance(event, DoneEvent):
+                outcome.done = event
+            else:
+                if isinstance(event, RestartedEvent):
+                    outcome.text = ""
+                    pacer.reset()
+                placeholder = self._placeholder_for(event, request_id, ask, outcome)
+                if placeholder is not None:
+                    yield placeholder
 
     def _placeholder_for(self, event: QueuedEvent | StartedEvent | RestartedEvent, request_id: str,
                          ask: _Ask, outcome: _Outcome) -> Placeholder | None:
@@ -437,16 +472,21 @@ class ChatService:
         """The adapter stopped listening (or its task was cancelled): stop the worker in the background,
         so that the adapter's task ends at once (shutdown) while the GPU is not left working."""
         log.info("request %s abandoned by its adapter; cancelling", request_id)
-        task = asyncio.get_running_loop().create_task(self._cleanup_abandoned(request_id, turn_id))
+        self._cancel_in_background(request_id, turn_id)
+
+    def _cancel_in_background(self, request_id: str, turn_id: int | None = None) -> None:
+        """Tell the worker to stop a request (and mark its turn cancelled) without waiting for it."""
+        task = asyncio.get_running_loop().create_task(self._cleanup(request_id, turn_id))
         self._cleanups.add(task)
         task.add_done_callback(self._cleanups.discard)
 
-    async def _cleanup_abandoned(self, request_id: str, turn_id: int) -> None:
+    async def _cleanup(self, request_id: str, turn_id: int | None) -> None:
         try:
             await self._worker.cancel(request_id)
-            await self._store.set_turn_status(turn_id, "cancelled")
+            if turn_id is not None:
+                await self._store.set_turn_status(turn_id, "cancelled")
         except Exception as exc:  # best effort (the store may be closing); the worker's deadline covers the rest
-            log.info("cleanup of abandoned request %s incomplete: %r", request_id, exc)
+            log.info("cleanup of request %s incomplete: %r", request_id, exc)
 
     async def wait_for_cleanups(self) -> None:
         """Wait until the cancellations of abandoned requests are done (tests, orderly shutdown)."""

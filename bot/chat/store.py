@@ -196,7 +196,12 @@ class Store:
 
     async def list_turns(self, conversation_id: int) -> list[StoredTurn]:
         """Every turn of a conversation, oldest first, with its image hashes in order."""
-        return await self._run(self._list_turns, conversation_id)
+        return await self._run(self._list_turns, conversation_id, None, None)
+
+    async def recent_turns(self, conversation_id: int, *, limit: int, max_text_chars: int) -> list[StoredTurn]:
+        """The newest ``limit`` turns, oldest first, each text cut to its first ``max_text_chars``
+        characters (what a request can carry; a long conversation is never read whole)."""
+        return await self._run(self._list_turns, conversation_id, limit, max_text_chars)
 
     # ---- images ----
 
@@ -281,14 +286,19 @@ class Store:
             raise
         return cursor.lastrowid
 
-    def _list_turns(self, conversation_id: int) -> list[StoredTurn]:
+    def _list_turns(self, conversation_id: int, limit: int | None, max_text_chars: int | None) -> list[StoredTurn]:
+        text = "substr(text, 1, ?)" if max_text_chars is not None else "text"
         rows = self._db.execute(
-            "SELECT id, role, text, author_id, platform_message_id, request_id, status, created_at "
-            "FROM turns WHERE conversation_id = ? ORDER BY id", (conversation_id,)).fetchall()
+            f"SELECT id, role, {text}, author_id, platform_message_id, request_id, status, created_at "
+            "FROM turns WHERE conversation_id = ? ORDER BY id DESC LIMIT ?",
+            (*([max_text_chars] if max_text_chars is not None else []), conversation_id,
+             -1 if limit is None else limit)).fetchall()[::-1]
         images: dict[int, list[str]] = {}
+        oldest = rows[0][0] if rows else 0
         for turn_id, sha in self._db.execute(
                 "SELECT ti.turn_id, ti.sha256 FROM turn_images ti JOIN turns t ON t.id = ti.turn_id "
-                "WHERE t.conversation_id = ? ORDER BY ti.turn_id, ti.position", (conversation_id,)):
+                "WHERE t.conversation_id = ? AND t.id >= ? ORDER BY ti.turn_id, ti.position",
+                (conversation_id, oldest)):
             images.setdefault(turn_id, []).append(sha)
         return [StoredTurn(r[0], r[1], r[2], tuple(images.get(r[0], ())), r[3], r[4], r[5], r[6], r[7])
                 for r in rows]

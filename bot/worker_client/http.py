@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 _UNIX_PREFIX = "unix:"
 _MAX_LINE_BYTES = 2**20  # one NDJSON event; a done event carries the whole reply
-#: Health and readiness probes: a worker that takes longer than this to answer counts as not answering.
+#: Health and readiness probes and cancels: a worker that takes longer than this to answer counts as not
+#: answering.
 _PROBE_TIMEOUT = aiohttp.ClientTimeout(total=5.0)
 
 
@@ -77,7 +78,7 @@ class HttpWorkerClient:
         """Ask the worker to stop a request; a no-op when it already ended or the worker is gone."""
         try:
             response = await self._send("DELETE", f"/v1/requests/{quote(request_id, safe='')}",
-                                        headers=self._headers, attempts=1)
+                                        headers=self._headers, attempts=1, timeout=_PROBE_TIMEOUT)
         except WorkerUnavailable:
             log.warning("could not reach the worker to cancel request %s", request_id)
             return

@@ -126,8 +126,10 @@ class RedisWorkerClient:
             progress = "no worker is connected to the queue" if not workers else workers[0].progress
             return ReadyInfo(ready=False, progress=progress, workers=len(workers), backlog=backlog)
         first = ready[0]
+        batch = sum(info.max_batch_size or 0 for info in ready) or None
         return ReadyInfo(ready=True, model=first.model, device=first.device, dtype=first.dtype,
-                         workers=len(workers), ready_workers=len(ready), backlog=backlog)
+                         max_batch_size=batch, max_queue=self._max_queue, workers=len(workers),
+                         ready_workers=len(ready), backlog=backlog)
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -503,6 +503,7 @@ class Scheduler:
             usage=Usage(prompt_tokens=seq.prompt_tokens if seq else 0,
                         completion_tokens=len(seq.output_ids) if seq else 0),
             timings=_timings(ticket, time.monotonic()),
+            question_cut=True if seq is not None and seq.question_cut else None,
         )
 
     # ---- plumbing -----------------------------------------------------------------------------

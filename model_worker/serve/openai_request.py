@@ -16,8 +16,17 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from model_worker.serve.front_end import Malformed, validated
-from model_worker.wire.protocol import ChatRequest, GenerationParams, ImageRef, Turn
+from model_worker.serve.front_end import Malformed, Refusal, validated
+from model_worker.wire.protocol import (
+    MAX_REQUEST_TEXT_CHARS,
+    MAX_TURN_CHARS,
+    ChatRequest,
+    ErrorCode,
+    ErrorEvent,
+    GenerationParams,
+    ImageRef,
+    Turn,
+)
 
 #: The one model this worker serves, as ``GET /v1/models`` lists it and requests must name it.
 MODEL_ID = "rinna/bilingual-gpt-neox-4b-minigpt4"
@@ -123,13 +132,37 @@ def to_chat_request(request: CompletionRequest, *, request_id: str, user: str,
                     downloaded: Mapping[str, ImageRef] | None = None) -> ChatRequest:
     """The worker's request for a chat completion; ``downloaded`` holds the remote images fetched for it.
     Raises :class:`Malformed` naming the offending field."""
+    _check_length(request)
     turns = [_turn(message, index, downloaded or {}) for index, message in enumerate(request.messages)
              if message.role in ("user", "assistant")]
     if not turns or turns[-1].role != "user":
         raise Malformed("the last user or assistant message must be from the user", param="messages")
     fields = {"request_id": request_id, "user": user, "conversation": turns,
-              "generation": _generation(request)}
+              "generation": _generation(request), "long_question": "refuse"}
     return validated(ChatRequest, fields, names=_CLIENT_NAMES)
+
+
+class PromptTooLong(Refusal):
+    """Messages longer than the worker takes (HTTP 400, ``context_length_exceeded``), as OpenAI refuses a
+    prompt over the context: an API client expects a refusal, not a silently shortened question."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorEvent(code=ErrorCode.CONTEXT_TOO_LONG, message=message))
+
+
+def _check_length(request: CompletionRequest) -> None:
+    texts = [_text_of(message) for message in request.messages if message.role in ("user", "assistant")]
+    longest, total = max(map(len, texts), default=0), sum(map(len, texts))
+    if longest > MAX_TURN_CHARS or total > MAX_REQUEST_TEXT_CHARS:
+        raise PromptTooLong(f"the messages are longer than this model's context can hold ({total} characters, "
+                            f"the longest {longest}; at most {MAX_REQUEST_TEXT_CHARS} in all and "
+                            f"{MAX_TURN_CHARS} per message)")
+
+
+def _text_of(message: Message) -> str:
+    if isinstance(message.content, str) or message.content is None:
+        return message.content or ""
+    return "\n".join(part.text for part in message.content if isinstance(part, TextPart))
 
 
 def _generation(request: CompletionRequest) -> GenerationParams:
@@ -147,13 +180,12 @@ def _generation(request: CompletionRequest) -> GenerationParams:
 def _turn(message: Message, index: int, downloaded: Mapping[str, ImageRef]) -> Turn:
     if isinstance(message.content, str) or message.content is None:
         return Turn(role=message.role, text=message.content or "")
-    texts = [part.text for part in message.content if isinstance(part, TextPart)]
     image_parts = [(at, part) for at, part in enumerate(message.content) if isinstance(part, ImagePart)]
     if image_parts and message.role != "user":
         raise Malformed("images are accepted in user messages only", param=f"messages.{index}.content")
     images = [_image(part.image_url.url, f"messages.{index}.content.{at}.image_url.url", downloaded)
               for at, part in image_parts]
-    return Turn(role=message.role, text="\n".join(texts), images=images)
+    return Turn(role=message.role, text=_text_of(message), images=images)
 
 
 def _image(url: str, param: str, downloaded: Mapping[str, ImageRef]) -> ImageRef:

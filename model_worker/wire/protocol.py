@@ -132,6 +132,9 @@ class ChatRequest(_Model):
     user: str = Field("anonymous", max_length=256)  # opaque key used for fairness between users
     conversation: list[Turn] = Field(min_length=1, max_length=MAX_TURNS)
     generation: GenerationParams = Field(default_factory=GenerationParams)
+    # A newest turn too long for the context on its own: "cut" answers its start (``done`` then says
+    # ``question_cut``), "refuse" ends the request with ``context_too_long``.
+    long_question: Literal["cut", "refuse"] = "cut"
 
     @model_validator(mode="after")
     def _ends_with_user(self) -> ChatRequest:
@@ -191,6 +194,7 @@ class DoneEvent(_Model):
     finish_reason: FinishReason
     usage: Usage
     timings: dict[str, float] = Field(default_factory=dict)
+    question_cut: bool | None = None  # the question alone was too long for the model: only its start was read
 
 
 class ErrorEvent(_Model):
