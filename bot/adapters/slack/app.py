@@ -37,6 +37,20 @@ def web_client(token: str, base_url: str) -> AsyncWebClient:
                                           AsyncRateLimitErrorRetryHandler(max_retry_count=RATE_LIMIT_RETRIES)])
 
 
+def _bolt_logger() -> logging.Logger:
+    """Bolt's logger, without the start-up warning that SLACK_BOT_TOKEN in the environment is unused (it
+    is: the client built here carries it; Bolt also reads the variable itself and warns about the pair)."""
+    logger = logging.getLogger("bot.adapters.slack.bolt")
+    if not any(isinstance(f, _TokenSkippedWarning) for f in logger.filters):
+        logger.addFilter(_TokenSkippedWarning())
+    return logger
+
+
+class _TokenSkippedWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "`token` will be unused" not in record.getMessage()
+
+
 def build_app(settings: Settings, service: ChatService, *, session: aiohttp.ClientSession) -> AsyncApp:
     """The Bolt app with every listener registered; ``session`` downloads files and must outlive it."""
     if settings.slack_bot_token is None:
@@ -44,8 +58,7 @@ def build_app(settings: Settings, service: ChatService, *, session: aiohttp.Clie
     bot_token = settings.slack_bot_token.get_secret_value()
     client = web_client(bot_token, settings.slack_api_base_url)
     secret = settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else ""
-    app = AsyncApp(client=client, signing_secret=secret, name="minigpt4",
-                   logger=logging.getLogger("bot.adapters.slack.bolt"))
+    app = AsyncApp(client=client, signing_secret=secret, name="minigpt4", logger=_bolt_logger())
     files = SlackFileFetcher(Downloader(session, max_bytes=settings.max_image_bytes), bot_token=bot_token,
                              api_base_url=client.base_url)
     inbox = SlackInbox(users=UserDirectory(client), files=files)
