@@ -77,6 +77,9 @@ log = logging.getLogger(__name__)
 #: Raw image bytes per request: base64 adds a third, and room is left for the text, so a request stays
 #: under the worker's default body limit.
 MAX_REQUEST_IMAGE_BYTES = DEFAULT_MAX_BODY_BYTES * 3 // 5
+#: Messages whose images are downloaded and decoded at the same time (the CPU-bound decode gains nothing
+#: from more, and each photo may take up to MAX_IMAGE_BYTES plus its decoded pixels in memory).
+MAX_CONCURRENT_INTAKES = 4
 #: A Discord DM's membership lookup (a few REST calls) may take this long before the DM is refused.
 MEMBERSHIP_LOOKUP_TIMEOUT_S = 10.0
 
@@ -124,6 +127,7 @@ class ChatService:
         self._image_limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels,
                                          settings.max_image_side)
         self._slots = AnswerSlots(worker)
+        self._intake_gate = asyncio.Semaphore(MAX_CONCURRENT_INTAKES)
         self._in_flight: dict[str, _InFlight] = {}
         self._deliveries = RecentDeliveries()
         self._cleanups: set[asyncio.Task] = set()  # cancellations of abandoned requests still running
@@ -293,6 +297,7 @@ class ChatService:
         if not ask.message.text.strip() and not ask.images:
             return  # every attachment was skipped and there is no text: the notices said why
         stored = await self._store_user_turn(ask)
+        ask.images = []  # stored: the request takes them from the store, so the pixels need not stay here
         if stored is None:
             return
         conversation_id, turn_id = stored
@@ -306,7 +311,9 @@ class ChatService:
         refs = ask.message.attachments
         limit = self._settings.max_images_per_message
         notices = [Notice(t("image_too_many", ask.lang, limit=limit), kind="attachment")] if len(refs) > limit else []
-        for result in await intake_attachments(refs[:limit], self._image_limits):
+        async with self._intake_gate:  # downloads and decodes at once: bounded, as each may take 100+ MB
+            results = await intake_attachments(refs[:limit], self._image_limits)
+        for result in results:
             if isinstance(result, Rejected):
                 notices.append(Notice(rejected_image_text(result, ask.lang, max_bytes=self._image_limits.max_bytes,
                                                           max_pixels=self._image_limits.max_pixels), kind="attachment"))
