@@ -35,8 +35,8 @@ from PIL import Image
 
 from bot.worker_client.image_refs import ImageRefClient
 from model_worker.wire.protocol import ChatRequest, DoneEvent, ImageRef, TokenEvent, Turn
+from tests.support.requests import metric_value
 from tests.support.worker import run_worker
-from tests.worker.conversation import metric_value
 
 RESULTS_DIR = Path(__file__).parent / "results"
 QUESTIONS = ("What can you see in this picture?", "What colour is the biggest thing?", "Is it daytime?",

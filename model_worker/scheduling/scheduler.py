@@ -2,9 +2,16 @@
 
 Requests wait in a bounded, per-user round-robin line; up to ``engine.max_batch_size`` sequences run
 together. Each iteration of the loop prefills the newly admitted sequences and then advances every
-running sequence by one token with a single ``engine.decode`` call, so a batching engine gets the whole
-batch. Cancellations and deadlines take effect between steps. Every engine call runs on one dedicated
-thread (the executor passed in), so the event loop stays free to stream tokens and answer health checks.
+running sequence with ``engine.decode`` calls (one per step, for the whole batch) in bursts on the
+engine thread. Cancellations and deadlines take effect between bursts. Prefill, decode and release run
+on one dedicated engine thread (the executor passed in); ``engine.prepare`` (tokenizing, fitting the
+context, decoding images) runs on a thread of its own, so a request is prepared while the batch decodes.
+The event loop stays free to stream tokens and answer health checks.
+
+The engine is kept busy: when a burst ends with nothing for the loop to decide (no arrival, cancellation,
+deadline or place to fill), the next burst starts at once and the loop streams what the last one produced
+while it runs. Text goes out once per burst per request (a burst is at most ``decode_burst_s``), not once
+per token.
 
 Each request is a :class:`Ticket` whose :meth:`Ticket.events` the HTTP layer streams to the client:
 ``queued`` (again whenever the position changes), ``started``, ``token``..., then ``done`` or ``error``.
@@ -19,7 +26,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -121,9 +128,13 @@ class Scheduler:
     """Owns the waiting line, the running batch, and the loop that steps the engine."""
 
     def __init__(self, engine: Engine, *, executor: Executor, metrics: WorkerMetrics,
-                 limits: SchedulerLimits = SchedulerLimits()) -> None:
+                 limits: SchedulerLimits = SchedulerLimits(), prepare_executor: Executor | None = None) -> None:
+        """``executor`` runs every engine step (one thread); ``prepare_executor`` runs ``engine.prepare``
+        (default: a thread of the scheduler's own, stopped at shutdown)."""
         self._engine = engine
         self._executor = executor
+        self._own_prepare_executor = prepare_executor is None
+        self._prepare_executor = prepare_executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare")
         self._metrics = metrics
         self._limits = limits
         self._waiting: FairQueue[Ticket] = FairQueue(key=lambda ticket: ticket.user)
@@ -191,7 +202,7 @@ class Scheduler:
         """Accept a request, or raise :class:`Rejected` at once (``busy`` when the line is full).
         ``reserved``: the request uses a place held with :meth:`reserve` (given back either way).
 
-        The prompt is prepared on the engine thread in the background; a bad image or an over-long
+        The prompt is prepared on the prepare thread in the background; a bad image or an over-long
         context then ends the ticket with an ``error`` event.
         """
         if reserved:
@@ -202,7 +213,6 @@ class Scheduler:
         self._tickets[ticket.request_id] = ticket
         self._preparing += 1
         self._update_gauges()
-        self._interrupt.set()  # its preparation runs on the engine thread: end a decode burst now
         self._spawn(self._prepare(ticket))
         return ticket
 
@@ -233,6 +243,8 @@ class Scheduler:
             await self._loop_task
         # Requests still being prepared end with ``shutting_down`` once their prepare step returns.
         await asyncio.gather(*self._background, return_exceptions=True)
+        if self._own_prepare_executor:
+            self._prepare_executor.shutdown(wait=False)
 
     # ---- admission ----------------------------------------------------------------------------
 
@@ -251,7 +263,8 @@ class Scheduler:
 
     async def _prepare(self, ticket: Ticket) -> None:
         try:
-            ticket.seq = await self._call_engine(self._engine.prepare, ticket.request)
+            loop = asyncio.get_running_loop()
+            ticket.seq = await loop.run_in_executor(self._prepare_executor, self._engine.prepare, ticket.request)
         except Exception as exc:
             self._fail([ticket], exc, step="prepare")
         else:
@@ -369,28 +382,51 @@ class Scheduler:
 
     async def _decode(self) -> None:
         batch = list(self._running)
-        self._interrupt.clear()
-        try:
-            steps = await self._call_engine(self._decode_burst, [t.seq for t in batch])
-        except Exception as exc:
-            self._fail(batch, exc, step="decode")
-            return
-        for _ in range(steps):
-            self._metrics.batch_size.observe(len(batch))
-        self._forward_progress(batch)
+        burst = self._start_burst(batch)
+        while True:
+            try:
+                steps, rows = await burst
+            except Exception as exc:
+                self._fail(batch, exc, step="decode")
+                return
+            for _ in range(steps):
+                self._metrics.batch_size.observe(rows)
+            going_on = [t for t in batch if not t.ended and not t.seq.finished]
+            if not self._may_go_on(going_on):
+                self._forward_progress(batch)
+                return
+            burst = self._start_burst(going_on)  # the engine decodes on while this loop streams
+            self._forward_progress(batch)
+            batch = going_on
 
-    def _decode_burst(self, seqs: list[Sequence]) -> int:
+    def _start_burst(self, batch: list[Ticket]) -> asyncio.Future[tuple[int, int]]:
+        self._interrupt.clear()
+        return asyncio.get_running_loop().run_in_executor(self._executor, self._decode_burst,
+                                                          [t.seq for t in batch])
+
+    def _may_go_on(self, batch: list[Ticket]) -> bool:
+        """Whether the next burst may start at once with ``batch``: nothing arrived, was cancelled or
+        expired, no waiting request can take a freed place, and the scheduler is not stopping."""
+        if not batch or self._interrupt.is_set() or self._stopping:
+            return False
+        if self._waiting and len(batch) < self._engine.max_batch_size:
+            return False
+        now = time.monotonic()
+        return all(t.stop is None and now < t.deadline for t in batch)
+
+    def _decode_burst(self, seqs: list[Sequence]) -> tuple[int, int]:
         """On the engine thread: decode steps until one sequence finishes, the loop is poked (arrival,
-        cancel, shutdown) or the burst time is up. Returns the number of steps."""
+        cancel, shutdown) or the burst time is up. Returns the number of steps and of sequences."""
         deadline = time.monotonic() + self._limits.decode_burst_s
         running = [seq for seq in seqs if not seq.finished]
         steps = 0
-        while True:
+        while running:
             self._engine.decode(running)
             steps += 1
             if (self._interrupt.is_set() or any(seq.finished for seq in running)
                     or time.monotonic() >= deadline):
-                return steps
+                break
+        return steps, len(running)
 
     def _poke(self) -> None:
         """Wake the loop, and end a running decode burst at its next step."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import defaultdict
 
 from model_worker.engine.sequence import EngineError, Sequence
 from model_worker.wire.protocol import ChatRequest, ErrorCode, FinishReason
@@ -19,13 +20,13 @@ class EchoEngine:
         self.step_s = step_s
         self.batches: list[int] = []
         self.released: list[str] = []
-        self.thread_names: set[str] = set()
+        self.threads: dict[str, set[str]] = defaultdict(set)  # engine call -> names of the threads it ran on
 
-    def _record_thread(self) -> None:
-        self.thread_names.add(threading.current_thread().name)
+    def _record_thread(self, call: str) -> None:
+        self.threads[call].add(threading.current_thread().name)
 
     def prepare(self, request: ChatRequest) -> Sequence:
-        self._record_thread()
+        self._record_thread("prepare")
         turn = request.conversation[-1]
         for image in turn.images:
             try:
@@ -35,11 +36,11 @@ class EchoEngine:
         return Sequence(request=request, prompt_tokens=len(turn.text), state=turn.text)
 
     def prefill(self, seqs: list[Sequence]) -> None:
-        self._record_thread()
+        self._record_thread("prefill")
         self._advance(seqs)
 
     def decode(self, seqs: list[Sequence]) -> None:
-        self._record_thread()
+        self._record_thread("decode")
         self.batches.append(len(seqs))
         if any("!" in seq.state for seq in seqs):
             raise RuntimeError("simulated device failure")
@@ -47,7 +48,7 @@ class EchoEngine:
         self._advance(seqs)
 
     def release(self, seq: Sequence) -> None:
-        self._record_thread()
+        self._record_thread("release")
         self.released.append(seq.request_id)
 
     @staticmethod

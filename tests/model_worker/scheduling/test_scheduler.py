@@ -41,7 +41,10 @@ async def test_stream_has_queued_started_tokens_done(make_scheduler):
     assert done.finish_reason is FinishReason.STOP
     assert done.usage.completion_tokens == 11 and done.usage.prompt_tokens == 11
     assert {"queue_s", "prefill_s", "ttft_s", "total_s"} <= done.timings.keys()
-    assert engine.thread_names == {"engine_0"}  # every engine call on the one engine thread
+    await asyncio.sleep(0.05)  # the release is queued behind the last step
+    # Every step on the one engine thread; preparation on its own thread, so it overlaps decoding.
+    assert dict(engine.threads) == {"prepare": {"prepare_0"}, "prefill": {"engine_0"}, "decode": {"engine_0"},
+                                    "release": {"engine_0"}}
 
 
 async def test_length_limit_and_release(make_scheduler):
