@@ -13,11 +13,14 @@ from model_worker.wire.protocol import ChatRequest, ErrorCode, FinishReason
 
 
 class EchoEngine:
-    """Echoes the last user text, one character per step; ``!`` in the text makes decode fail."""
+    """Echoes the last user text, one character per step; ``!`` in the text makes decode fail, and a text
+    starting with ``wait`` is prepared only once :attr:`gate` opens (at most 10 s)."""
 
     def __init__(self, max_batch_size: int = 4, step_s: float = 0.0) -> None:
         self.max_batch_size = max_batch_size
         self.step_s = step_s
+        self.gate = threading.Event()
+        self.gate_timed_out = False
         self.batches: list[int] = []
         self.released: list[str] = []
         self.threads: dict[str, set[str]] = defaultdict(set)  # engine call -> names of the threads it ran on
@@ -28,6 +31,8 @@ class EchoEngine:
     def prepare(self, request: ChatRequest) -> Sequence:
         self._record_thread("prepare")
         turn = request.conversation[-1]
+        if turn.text.startswith("wait"):
+            self.gate_timed_out = not self.gate.wait(10)
         for image in turn.images:
             try:
                 image.decode()
