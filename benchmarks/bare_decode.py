@@ -32,7 +32,7 @@ class BareRun:
     answers: list[BareAnswer]
     seconds: float  # wall time of every turn, prepare and prefill included
     decode_seconds: float  # the decode steps alone
-    decode_steps: int
+    decoded_tokens: int  # tokens those steps produced (each answer's first comes from its prefill)
 
 
 def engine_options(weights: Path, max_batch_size: int, serve_flags: list[str]):
@@ -50,30 +50,29 @@ def run_bare(engine, *, first: int, conversations: int, turns: int, max_new_toke
     """Conversations ``first .. first + conversations - 1`` through ``engine``, all turns in lock-step."""
     histories: list[list[Turn]] = [[] for _ in range(conversations)]
     answers: list[list[BareAnswer]] = [[] for _ in range(conversations)]
-    decode_seconds, steps = 0.0, 0
+    images = [conversation_image(first + i) for i in range(conversations)]
+    decode_seconds, decoded_before = 0.0, engine.stats.decoded_tokens
     started = time.perf_counter()
     for turn in range(turns):
-        requests = [next_request(first + i, conversation_image(first + i), histories[i], turn, max_new_tokens)
+        requests = [next_request(first + i, images[i], histories[i], turn, max_new_tokens)
                     for i in range(conversations)]
-        replies, seconds, turn_steps = _one_turn(engine, requests)
+        replies, seconds = _one_turn(engine, requests)
         decode_seconds += seconds
-        steps += turn_steps
         for i, (request, answer) in enumerate(zip(requests, replies, strict=True)):
             answers[i].append(answer)
             histories[i] = [*request.conversation, Turn(role="assistant", text=answer.text)]
-    return BareRun([a for run in answers for a in run], time.perf_counter() - started, decode_seconds, steps)
+    return BareRun([a for run in answers for a in run], time.perf_counter() - started, decode_seconds,
+                   engine.stats.decoded_tokens - decoded_before)
 
 
-def _one_turn(engine, requests) -> tuple[list[BareAnswer], float, int]:
+def _one_turn(engine, requests) -> tuple[list[BareAnswer], float]:
     started = time.perf_counter()
     seqs = [engine.prepare(request) for request in requests]
     engine.prefill(seqs)
     first = time.perf_counter()
     finished_at = {id(seq): first for seq in seqs if seq.finished}
-    steps = 0
     while len(finished_at) < len(seqs):
         engine.decode(seqs)
-        steps += 1
         now = time.perf_counter()
         finished_at.update({id(seq): now for seq in seqs if seq.finished and id(seq) not in finished_at})
     for seq in seqs:
@@ -81,4 +80,4 @@ def _one_turn(engine, requests) -> tuple[list[BareAnswer], float, int]:
     answers = [BareAnswer(tokens=len(seq.output_ids), ttft_s=first - started, text=seq.text,
                           itl_s=(finished_at[id(seq)] - first) / (len(seq.output_ids) - 1)
                           if len(seq.output_ids) > 1 else None) for seq in seqs]
-    return answers, time.perf_counter() - first, steps
+    return answers, time.perf_counter() - first

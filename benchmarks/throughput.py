@@ -186,8 +186,9 @@ def reference_answer(loaded, request: ChatRequest, steps: list[float]) -> Answer
 # ---- the report -----------------------------------------------------------------------------------
 
 
-def summarize(answers: list[Answer], seconds: float) -> dict[str, float]:
-    tokens = sum(a.tokens for a in answers)
+def summarize(answers: list[Answer], seconds: float, tokens: int | None = None) -> dict[str, float]:
+    """Rate (of ``tokens``, by default every answer's) and latency percentiles."""
+    tokens = sum(a.tokens for a in answers) if tokens is None else tokens
     ttft = [a.ttft_s for a in answers]
     itl = [a.itl_s for a in answers if a.itl_s is not None] or [0.0]
     return {"requests": len(answers), "tokens": tokens, "seconds": round(seconds, 3),
@@ -264,8 +265,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
             first = index * args.conversations
             answers, seconds, deltas = asyncio.run(drive_worker(handle, args, first))
             per_run["worker"].append(summarize(answers, seconds))
-            for side, (others, other_seconds) in in_process.sides(first).items():
-                per_run[side].append(summarize(others, other_seconds))
+            for side, (others, other_seconds, *tokens) in in_process.sides(first).items():
+                per_run[side].append(summarize(others, other_seconds, *tokens))
                 if side in same:
                     same[side] += sum(a.text == b.text for a, b in zip(answers, others, strict=True))
     result = {"benchmark": "throughput", "machine": platform.platform(), "cpus": os.cpu_count(),
@@ -320,7 +321,7 @@ class InProcess:
         if self.engine is not None:
             bare = self._bare(first=first, conversations=self.args.conversations)
             out["bare"] = (bare.answers, bare.seconds)
-            out["bare_decode_only"] = (bare.answers, bare.decode_seconds)
+            out["bare_decode_only"] = (bare.answers, bare.decode_seconds, bare.decoded_tokens)
         if self.loaded is not None and not self.args.skip_reference:
             out["reference"] = run_reference(self.loaded, self.args, first)
         return out

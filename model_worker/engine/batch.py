@@ -27,7 +27,7 @@ class StepInputs:
 
     input_ids: torch.Tensor  # [rows, 1] each row's newest token (0 for a row that does not advance)
     positions: torch.Tensor  # [rows] each row's rotary position, which is also the column it writes
-    row_index: torch.Tensor  # [rows] the slots written: 0..rows-1
+    write_index: torch.Tensor  # where the rows' new keys and values go (StaticKVCache.write_index)
     mask: torch.Tensor | None  # [rows, 1, 1, width] bool, column c visible to row r iff c <= positions[r]
     width: int  # columns attention reads
 
@@ -54,7 +54,6 @@ class DecodeBatch:
         self._slots: list[Sequence | None] = [None] * cache.max_slots
         self._lengths = [0] * cache.max_slots  # positions held per slot
         self._slot_of: dict[Sequence, int] = {}
-        self._row_index: dict[int, torch.Tensor] = {}
 
     def __len__(self) -> int:
         return len(self._slot_of)
@@ -119,9 +118,4 @@ class DecodeBatch:
         mask = None if every_row_alike else (
             torch.arange(width, device=device) <= positions_t.unsqueeze(1)).view(rows, 1, 1, width)
         return StepInputs(input_ids=torch.tensor(ids, device=device).unsqueeze(1), positions=positions_t,
-                          row_index=self._rows_tensor(rows), mask=mask, width=width)
-
-    def _rows_tensor(self, rows: int) -> torch.Tensor:
-        if rows not in self._row_index:
-            self._row_index[rows] = torch.arange(rows, device=self.cache.device)
-        return self._row_index[rows]
+                          write_index=self.cache.write_index(rows, positions_t), mask=mask, width=width)

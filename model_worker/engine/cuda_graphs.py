@@ -98,12 +98,11 @@ class GraphedDecoder:
         captured = _Captured(graph=torch.cuda.CUDAGraph(), input_ids=step.input_ids.clone(),
                              positions=step.positions.clone())
         columns = torch.arange(width, device=device)
-        row_index = torch.arange(rows, device=device)
 
         def run() -> torch.Tensor:
             mask = (columns <= captured.positions.unsqueeze(1)).view(rows, 1, 1, width)
-            inputs = StepInputs(input_ids=captured.input_ids, positions=captured.positions, row_index=row_index,
-                                mask=mask, width=width)
+            inputs = StepInputs(input_ids=captured.input_ids, positions=captured.positions, mask=mask, width=width,
+                                write_index=cache.write_index(rows, captured.positions))
             return self.eager(inputs, cache)
 
         side = torch.cuda.Stream(device)

@@ -52,7 +52,7 @@ class LeanDecoder:
         qkv = qkv.view(*hidden.shape[:-1], -1, 3 * attention.head_size).transpose(1, 2)
         query, key, value = qkv.chunk(3, dim=-1)
         query, key = apply_rotary_pos_emb(query, key, cos, sin)
-        cache.write(index, step.row_index, step.positions, key[:, :, 0], value[:, :, 0])
+        cache.write(index, step.write_index, key[:, :, 0], value[:, :, 0])
         keys, values = cache.window(index, step.rows, step.width)
         attended = scaled_dot_product_attention(query, keys, values, attn_mask=step.mask, scale=attention.scaling)
         attended = attention.dense(attended.transpose(1, 2).reshape(*hidden.shape[:-1], -1))
@@ -82,5 +82,5 @@ class LibraryDecoder:
         output = self.llm(input_ids=step.input_ids, position_ids=step.positions.unsqueeze(1),
                           attention_mask=mask.long(), cache=lent, use_cache=True)
         for layer, (keys, values) in enumerate(kv_of(output.cache)):
-            cache.write(layer, step.row_index, step.positions, keys[:, :, old], values[:, :, old])
+            cache.write(layer, step.write_index, keys[:, :, old], values[:, :, old])
         return output.logits[:, -1]

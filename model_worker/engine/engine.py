@@ -14,9 +14,9 @@ Batching never changes an answer: each sequence keeps its own sampler and decode
 the other columns masked out. The unbatched reference the tests compare against is ``model/reference.py``.
 
 Threads: :meth:`MiniGPT4Engine.prepare` (tokenizing, fitting the context, decoding and preprocessing new
-images) may run on another thread while the engine thread runs prefill, decode and release: it only reads
-the tokenizer and looks embeddings up in the image cache, which is locked. Everything else runs on the one
-engine thread.
+images) may run on other threads, several at once, while the engine thread runs prefill, decode and
+release: it only reads the tokenizer and the options, looks embeddings up in the image cache (which is
+locked) and writes nothing but the new sequence. Everything else runs on the one engine thread.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class EngineStats:
 
     images_encoded: int = 0  # image cache misses: images run through the ViT
     image_batches: int = 0  # ViT forwards (several new images share one)
-    image_cache_hits: int = 0  # counted by prepare (its own thread)
+    image_cache_hits: int = 0
     prefix_cache_hits: int = 0
     prefix_cache_misses: int = 0
     prefix_reused_tokens: int = 0  # prompt positions taken from the prefix cache
@@ -73,6 +73,7 @@ class SequenceState:
     image_keys: list[str] = field(default_factory=list)  # sha256 per image slot, in order
     embeddings: dict[str, torch.Tensor] = field(default_factory=dict)  # held from prepare to prefill
     pending: dict[str, torch.Tensor] = field(default_factory=dict)  # preprocessed pixels still to encode
+    cached_images: int = 0  # image slots whose embedding prepare found in the cache
     kv: KV | None = None  # the sequence's own KV while it is not in the batch
     generated: list[int] = field(default_factory=list)  # every sampled id, EOS excluded
     steps: int = 0
@@ -187,8 +188,8 @@ class MiniGPT4Engine:
             state.image_keys.append(key)
             embedding = self.images.get(key)
             if embedding is not None:
-                self.stats.image_cache_hits += 1
                 state.embeddings[key] = embedding
+                state.cached_images += 1  # counted into the stats by prefill, on the engine thread
 
     def _decode_new_image(self, ref: ImageRef, index: int, state: SequenceState) -> str:
         try:
@@ -242,6 +243,7 @@ class MiniGPT4Engine:
         length = state.prompt.length
         reused, prefix = self.prefixes.lookup(state.items, limit=length - 1)
         embeds = self._prompt_embeddings(state)[0, reused:]
+        self.stats.image_cache_hits += state.cached_images
         state.embeddings = {}  # the images are in the embeddings now
         state.reused_tokens = reused
         self._count_prefill(reused, length - reused)

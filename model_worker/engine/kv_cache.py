@@ -61,6 +61,7 @@ class StaticKVCache:
         self.slots = 0  # allocated slots
         self.positions = 0  # allocated positions per slot
         self.generation = 0  # bumped whenever the tensors are reallocated
+        self._row_starts: dict[tuple[int, int], torch.Tensor] = {}
 
     @property
     def bytes(self) -> int:
@@ -86,6 +87,7 @@ class StaticKVCache:
         self.values = [self._grown(t, new_slots, new_positions) for t in self.values] or self._zeros(new_slots, new_positions)
         self.slots, self.positions = new_slots, new_positions
         self.generation += 1
+        self._row_starts.clear()
 
     def _zeros(self, slots: int, positions: int) -> list[torch.Tensor]:
         shape = (slots, self.heads, positions, self.head_dim)
@@ -109,12 +111,20 @@ class StaticKVCache:
         return [(keys[slot:slot + 1, :, :length].clone(), values[slot:slot + 1, :, :length].clone())
                 for keys, values in zip(self.keys, self.values, strict=True)]
 
-    def write(self, layer: int, rows: torch.Tensor, columns: torch.Tensor, keys: torch.Tensor,
-              values: torch.Tensor) -> None:
-        """Store one new position per row in place: row ``rows[i]`` gets ``keys[i]`` / ``values[i]``
-        (``[heads, head_dim]`` each) at column ``columns[i]``."""
-        self.keys[layer][rows, :, columns] = keys
-        self.values[layer][rows, :, columns] = values
+    def write_index(self, rows: int, columns: torch.Tensor) -> torch.Tensor:
+        """Where slot ``r`` (of ``0..rows-1``) stores column ``columns[r]`` of each head: indices into a layer's
+        keys viewed as ``[slots * heads * positions, head_dim]`` (``[rows * heads]``; valid until the cache grows)."""
+        key = (rows, self.positions)
+        if key not in self._row_starts:
+            starts = torch.arange(rows * self.heads, device=self.device) * self.positions
+            self._row_starts[key] = starts.view(rows, self.heads)
+        return (self._row_starts[key] + columns.unsqueeze(1)).view(-1)
+
+    def write(self, layer: int, index: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Store one new position per row in place, at ``index`` from :meth:`write_index`; ``keys`` and
+        ``values`` are ``[rows, heads, head_dim]``."""
+        self.keys[layer].view(-1, self.head_dim).index_copy_(0, index, keys.reshape(-1, self.head_dim))
+        self.values[layer].view(-1, self.head_dim).index_copy_(0, index, values.reshape(-1, self.head_dim))
 
     def window(self, layer: int, rows: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Views of the first ``rows`` slots and ``width`` positions of one layer (no copy)."""

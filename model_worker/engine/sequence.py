@@ -3,8 +3,8 @@
 The scheduler is plain Python and owns batching policy: which sequences are admitted, when they are
 prefilled, and which ones advance together in each decode step. The engine only executes what it is
 given. Engine calls are blocking. ``prefill``, ``decode`` and ``release`` are made from a single dedicated
-thread, never concurrently; ``prepare`` runs on a thread of its own, at the same time as those, so an
-engine keeps what ``prepare`` reads safe to share.
+thread, never concurrently; ``prepare`` runs on other threads (several at once) at the same time as
+those, so an engine keeps what ``prepare`` touches safe to share.
 """
 
 from __future__ import annotations

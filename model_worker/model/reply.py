@@ -63,9 +63,9 @@ class ReplyReader:
     """:func:`read_reply` for one growing list of ids, decoding only what is new.
 
     sentencepiece decodes piece by piece, so the text of the ids up to a plain piece (not a byte of a
-    multi-byte character, not a dropped special id) never changes: that much is kept, decoded once, and
-    only the ids after it are decoded again. A tokenizer that does not decode piece by piece gets
-    :func:`read_reply` every time.
+    multi-byte character, not a dropped special id) never changes: that much is kept, and each new plain
+    piece adds its own text; only ids after the last plain piece are decoded again. A tokenizer that does
+    not decode piece by piece gets :func:`read_reply` every time.
     """
 
     def __init__(self, tokenizer: Tokenizer) -> None:
@@ -78,19 +78,20 @@ class ReplyReader:
         tokenizer = self._tokenizer
         if not tokenizer.decodes_piecewise:
             return read_reply(tokenizer, ids, final=final)
-        decoded = self._settled_text + tokenizer.decode(ids[self._settled_ids:])
-        cut = find_turn_marker(decoded, start=max(0, len(self._settled_text) - _LONGEST_MARKER + 1))
+        searched = max(0, len(self._settled_text) - _LONGEST_MARKER + 1)  # no marker starts before this
+        self._settle(ids)
+        tail = ids[self._settled_ids:]
+        decoded = self._settled_text + tokenizer.decode(tail) if tail else self._settled_text
+        cut = find_turn_marker(decoded, start=searched)
         if cut is not None:
             return ReplyState(decoded[:cut].strip(), stopped=True, kept_ids=_ids_before(tokenizer, ids, cut))
-        self._settle(ids, decoded)
         return ReplyState(decoded.strip() if final else stable_text(decoded), stopped=False, kept_ids=len(ids))
 
-    def _settle(self, ids: list[int], decoded: str) -> None:
+    def _settle(self, ids: list[int]) -> None:
+        """Take in the new ids up to the last plain piece."""
         end = len(ids)
         while end > self._settled_ids and not self._tokenizer.closes_text(ids[end - 1]):
             end -= 1
-        if end == len(ids):
-            self._settled_text = decoded
-        elif end > self._settled_ids:
-            self._settled_text += self._tokenizer.decode(ids[self._settled_ids:end])
-        self._settled_ids = end
+        if end > self._settled_ids:
+            self._settled_text += self._tokenizer.text_of(ids[self._settled_ids:end])
+            self._settled_ids = end

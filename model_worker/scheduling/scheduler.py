@@ -5,7 +5,7 @@ together. Each iteration of the loop prefills the newly admitted sequences and t
 running sequence with ``engine.decode`` calls (one per step, for the whole batch) in bursts on the
 engine thread. Cancellations and deadlines take effect between bursts. Prefill, decode and release run
 on one dedicated engine thread (the executor passed in); ``engine.prepare`` (tokenizing, fitting the
-context, decoding images) runs on a thread of its own, so a request is prepared while the batch decodes.
+context, decoding images) runs on threads of its own, so requests are prepared while the batch decodes.
 The event loop stays free to stream tokens and answer health checks.
 
 The engine is kept busy: when a burst ends with nothing for the loop to decide (no arrival, cancellation,
@@ -56,6 +56,8 @@ _INTERNAL_MESSAGE = "the worker failed while answering; its log has the details"
 
 
 _ARRIVAL_QUIET_S = 0.003  # no new request for this long: the arrivals have settled
+#: Threads that prepare requests (tokenizing, decoding and preprocessing images); mostly GIL-free work.
+PREPARE_THREADS = 2
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ class SchedulerLimits:
     # Decode steps run back to back on the engine thread for up to this long, unless a request arrives,
     # is cancelled, or finishes: fewer thread hops and token events per token, same answers.
     decode_burst_s: float = 0.02
-    arrival_window_s: float = 0.02  # when idle, how long the first arrival waits for company
+    arrival_window_s: float = 0.05  # when idle, how long the first arrival waits for company
 
 
 class Rejected(Exception):
@@ -130,11 +132,12 @@ class Scheduler:
     def __init__(self, engine: Engine, *, executor: Executor, metrics: WorkerMetrics,
                  limits: SchedulerLimits = SchedulerLimits(), prepare_executor: Executor | None = None) -> None:
         """``executor`` runs every engine step (one thread); ``prepare_executor`` runs ``engine.prepare``
-        (default: a thread of the scheduler's own, stopped at shutdown)."""
+        (default: :data:`PREPARE_THREADS` threads of the scheduler's own, stopped at shutdown)."""
         self._engine = engine
         self._executor = executor
         self._own_prepare_executor = prepare_executor is None
-        self._prepare_executor = prepare_executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare")
+        self._prepare_executor = prepare_executor or ThreadPoolExecutor(max_workers=PREPARE_THREADS,
+                                                                        thread_name_prefix="prepare")
         self._metrics = metrics
         self._limits = limits
         self._waiting: FairQueue[Ticket] = FairQueue(key=lambda ticket: ticket.user)
@@ -202,7 +205,7 @@ class Scheduler:
         """Accept a request, or raise :class:`Rejected` at once (``busy`` when the line is full).
         ``reserved``: the request uses a place held with :meth:`reserve` (given back either way).
 
-        The prompt is prepared on the prepare thread in the background; a bad image or an over-long
+        The prompt is prepared on a prepare thread in the background; a bad image or an over-long
         context then ends the ticket with an ``error`` event.
         """
         if reserved:

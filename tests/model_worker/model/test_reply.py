@@ -31,6 +31,9 @@ def test_a_marker_split_across_settled_text_and_new_ids_is_found(loaded):
     tok = loaded.tokenizer
     ids = tok.encode("fine thanks") + tok.encode("\nユー") + tok.encode("ザー: next")
     reader = ReplyReader(tok)
-    states = [reader.read(ids[:end], final=False) for end in range(1, len(ids) + 1)]
-    assert states[-1].stopped and states[-1].text == "fine thanks"
-    assert states[-1].kept_ids == len(tok.encode("fine thanks"))
+    for end in range(1, len(ids) + 1):
+        state = reader.read(ids[:end], final=False)
+        if state.stopped:
+            break
+    assert state == read_reply(tok, ids[:end], final=False)
+    assert state.stopped and state.text == "fine thanks" and state.kept_ids == len(tok.encode("fine thanks"))

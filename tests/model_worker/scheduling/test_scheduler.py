@@ -42,9 +42,10 @@ async def test_stream_has_queued_started_tokens_done(make_scheduler):
     assert done.usage.completion_tokens == 11 and done.usage.prompt_tokens == 11
     assert {"queue_s", "prefill_s", "ttft_s", "total_s"} <= done.timings.keys()
     await asyncio.sleep(0.05)  # the release is queued behind the last step
-    # Every step on the one engine thread; preparation on its own thread, so it overlaps decoding.
-    assert dict(engine.threads) == {"prepare": {"prepare_0"}, "prefill": {"engine_0"}, "decode": {"engine_0"},
-                                    "release": {"engine_0"}}
+    # Every step on the one engine thread; preparation on threads of its own, so it overlaps decoding.
+    threads = dict(engine.threads)
+    assert all(name.startswith("prepare_") for name in threads.pop("prepare"))
+    assert threads == {"prefill": {"engine_0"}, "decode": {"engine_0"}, "release": {"engine_0"}}
 
 
 async def test_a_request_is_prepared_while_the_batch_decodes(make_scheduler):
