@@ -8,9 +8,9 @@ into its slot) or leaves (its slot simply freed) without touching the others.
 
 The tensors grow on demand, in whole chunks of positions and in slot counts of a few fixed sizes (see
 :func:`slot_bucket`), up to ``max_slots x max_positions``: a tiny or CPU run never holds more than it
-uses. A growth copies the cache once (rare: a few times in a worker's life, never once the cache has
-reached the sizes its traffic needs) and bumps :attr:`StaticKVCache.generation`, which tells captured
-CUDA graphs that the tensors moved. Fresh memory is zeroed: attention multiplies masked-out values by
+uses. A growth copies the cache once, one tensor at a time so that memory peaks at the old size plus one
+layer's (rare: a few times in a worker's life, never once the cache has reached the sizes its traffic
+needs), and bumps :attr:`StaticKVCache.generation`, which tells captured CUDA graphs that the tensors moved. Fresh memory is zeroed: attention multiplies masked-out values by
 zero weights, which must not meet uninitialised NaNs.
 """
 
@@ -83,8 +83,11 @@ class StaticKVCache:
             return
         new_slots = max(self.slots, slot_bucket(slots, self.max_slots))
         new_positions = max(self.positions, min(round_up(positions, POSITION_CHUNK), self.max_positions))
-        self.keys = [self._grown(t, new_slots, new_positions) for t in self.keys] or self._zeros(new_slots, new_positions)
-        self.values = [self._grown(t, new_slots, new_positions) for t in self.values] or self._zeros(new_slots, new_positions)
+        if not self.keys:
+            self.keys, self.values = self._zeros(new_slots, new_positions), self._zeros(new_slots, new_positions)
+        for tensors in (self.keys, self.values):
+            for index in range(self.layers):  # one tensor at a time: the old one is freed before the next grows
+                tensors[index] = self._grown(tensors[index], new_slots, new_positions)
         self.slots, self.positions = new_slots, new_positions
         self.generation += 1
         self._row_starts.clear()
@@ -94,6 +97,8 @@ class StaticKVCache:
         return [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.layers)]
 
     def _grown(self, old: torch.Tensor, slots: int, positions: int) -> torch.Tensor:
+        if old.shape[0] == slots and old.shape[2] == positions:
+            return old
         new = old.new_zeros(slots, self.heads, positions, self.head_dim)
         new[:old.shape[0], :, :old.shape[2]] = old
         return new

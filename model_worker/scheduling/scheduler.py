@@ -327,6 +327,9 @@ class Scheduler:
                 await asyncio.wait_for(self._wakeup.wait(), settled_at - now)
 
     async def _step(self) -> None:
+        # What pokes the loop from here on (an arrival prepared during the prefill below, a cancel) ends
+        # the next decode burst at once; what poked it before is handled by this step.
+        self._interrupt.clear()
         self._drop_stopped_and_expired()
         admitted = self._admit()
         if admitted:
@@ -403,7 +406,6 @@ class Scheduler:
             batch = going_on
 
     def _start_burst(self, batch: list[Ticket]) -> asyncio.Future[tuple[int, int]]:
-        self._interrupt.clear()
         return asyncio.get_running_loop().run_in_executor(self._executor, self._decode_burst,
                                                           [t.seq for t in batch])
 
