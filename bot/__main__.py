@@ -83,6 +83,10 @@ async def _run_until_signalled(settings: Settings, command: str, mode) -> int:
     except WeightsUnavailable as exc:
         print(str(exc), file=sys.stderr)
         return 1
+    except SettingsError as exc:  # the worker cannot be used as configured (another protocol version)
+        log.error("%s", exc.message)
+        print(exc.message, file=sys.stderr)
+        return 2
     except asyncio.CancelledError:
         log.info("stopped")
         return 0

@@ -8,6 +8,7 @@ the hashes; the request is then sent again with their data, and the caller never
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections import OrderedDict
@@ -31,7 +32,7 @@ class ImageRefClient:
 
     async def chat(self, request: ChatRequest) -> AsyncIterator[Event]:
         """Stream the request's events; an ``unknown_image`` before any token is answered by resending."""
-        data = _image_data(request)
+        data = await asyncio.to_thread(_image_data, request)  # decoding and hashing images: off the loop
         try:
             async for event in self._stream(self._with_refs(request, data), data):
                 yield event

@@ -1,4 +1,5 @@
-"""``python -m model_worker serve``: the worker's HTTP API on a Unix socket (default) or loopback TCP."""
+"""``python -m model_worker serve``: the worker's HTTP APIs (its own NDJSON one and an OpenAI-compatible
+one) on a Unix socket (default) or TCP."""
 
 from __future__ import annotations
 
@@ -18,8 +19,14 @@ from model_worker.commands.throughput_flags import (
 from model_worker.scheduling.scheduler import SchedulerLimits
 from model_worker.serve.process import ServeConfig, ServeError, serve
 from model_worker.wire.logs import configure_logging
-from model_worker.wire.protocol import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUE, DEFAULT_REQUEST_TIMEOUT_S
-from model_worker.wire.queue_streams import DEFAULT_CLAIM_IDLE_MS
+from model_worker.wire.protocol import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_REQUEST_TIMEOUT_S,
+    IMAGE_DOWNLOAD_TIMEOUT_S,
+)
+from model_worker.wire.queue_streams import DEFAULT_CLAIM_IDLE_MS, DEFAULT_MAX_ATTEMPTS
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--claim-idle-ms", type=positive(int), default=DEFAULT_CLAIM_IDLE_MS, metavar="MS",
                         help="with --queue: take over a job whose worker has been silent this long "
                              f"(default {DEFAULT_CLAIM_IDLE_MS})")
+    parser.add_argument("--max-attempts", type=positive(int), default=DEFAULT_MAX_ATTEMPTS, metavar="N",
+                        help="with --queue: start a job at most N times; then the bot gets an error and the job "
+                             f"goes to the dead-letter stream (default {DEFAULT_MAX_ATTEMPTS})")
     parser.add_argument("--consumer-name", metavar="NAME",
                         help="with --queue: this worker's name in the consumer group (default host-pid)")
     parser.add_argument("--token-env", default="WORKER_TOKEN", metavar="NAME",
@@ -54,6 +64,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                 f"(default {DEFAULT_REQUEST_TIMEOUT_S:g})")
     parser.add_argument("--max-body-mb", type=positive(float), default=DEFAULT_MAX_BODY_BYTES / 2**20,
                         help=f"largest request body accepted, images included (default {DEFAULT_MAX_BODY_BYTES // 2**20})")
+    parser.add_argument("--step-timeout", type=positive(float), default=None, metavar="SECONDS",
+                        help="the watchdog: when one engine step runs longer than this, /healthz turns unhealthy "
+                             "so that a supervisor replaces the worker (default 120 on CUDA, 900 on CPU)")
+    parser.add_argument("--allow-remote-images", action="store_true",
+                        help="let the OpenAI-compatible API fetch http(s) image URLs (at most "
+                             f"{DEFAULT_MAX_IMAGE_BYTES // 1_000_000} MB and {IMAGE_DOWNLOAD_TIMEOUT_S:g} s each; "
+                             "anyone who can reach the API can then make the worker fetch URLs); "
+                             "off: only data: URLs are taken")
     parser.add_argument("--shutdown-grace", type=float, default=30.0, metavar="SECONDS",
                         help="on SIGTERM, how long running answers may finish before they are stopped")
     parser.add_argument("--parent-pid", type=int, metavar="PID",
@@ -85,13 +103,15 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         device=args.device,
         dtype=args.dtype,
         limits=SchedulerLimits(max_queue=args.max_queue, request_timeout_s=args.request_timeout,
-                               max_tokens_in_flight=max_tokens_in_flight(args)),
+                               max_tokens_in_flight=max_tokens_in_flight(args), step_timeout_s=args.step_timeout),
         engine_options=engine_options_from_args(args),
         max_body_bytes=int(args.max_body_mb * 2**20),
+        allow_remote_images=args.allow_remote_images,
         shutdown_grace_s=args.shutdown_grace,
         parent_pid=args.parent_pid,
         queue_url=_queue_url(args),
         claim_idle_ms=args.claim_idle_ms,
+        max_attempts=args.max_attempts,
         consumer_name=args.consumer_name,
     )
 

@@ -39,10 +39,10 @@ from model_worker.engine.prefix_cache import Items, PrefixCache
 from model_worker.engine.sequence import EngineError, Sequence
 from model_worker.model.loader import LoadedModel, load_model
 from model_worker.model.preprocess import ImageDecodeError, decode_image, preprocess_image
-from model_worker.model.prompt import ContextTooLongError, TokenizedPrompt, fit_context
+from model_worker.model.prompt import ContextTooLongError, TokenizedPrompt, fit_question
 from model_worker.model.reply import ReplyReader
 from model_worker.model.sampling import Sampler
-from model_worker.wire.protocol import CONTEXT_LENGTH, ChatRequest, ErrorCode, FinishReason, ImageRef
+from model_worker.wire.protocol import CONTEXT_LENGTH, ChatRequest, ErrorCode, FinishReason, ImageRef, Turn
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,10 @@ class SequenceState:
     steps: int = 0
     reused_tokens: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+
+
+def _cut_text(turn: Turn, chars: int) -> Turn:
+    return turn.model_copy(update={"text": turn.text[:chars]})
 
 
 def prompt_items(prompt: TokenizedPrompt, image_keys: list[str]) -> Items:
@@ -154,23 +158,27 @@ class MiniGPT4Engine:
         """Fit the conversation to the context, tokenize the prompt, resolve its images by hash, decode and
         preprocess new ones. Safe on a thread of its own while the engine thread steps (see the module
         docstring)."""
-        turns, prompt = self._fit(request)
+        turns, prompt, question_cut = self._fit(request)
         if len(turns) < len(request.conversation):
             log.info("request %s: dropped %d oldest turns to fit the context", request.request_id,
                      len(request.conversation) - len(turns))
+        if question_cut:
+            log.info("request %s: the question alone is too long; reading its first %d characters",
+                     request.request_id, len(turns[-1].text))
         state = SequenceState(prompt=prompt, sampler=Sampler.for_params(request.generation, device=self.device),
                               reader=ReplyReader(self.tokenizer))
         self._resolve_images([ref for turn in turns if turn.role == "user" for ref in turn.images], state)
         state.items = prompt_items(prompt, state.image_keys)
-        return Sequence(request=request, prompt_tokens=prompt.length, state=state)
+        return Sequence(request=request, prompt_tokens=prompt.length, question_cut=question_cut, state=state)
 
-    def _fit(self, request: ChatRequest) -> tuple[list, TokenizedPrompt]:
-        """The turns kept within the context budget and their tokenized prompt (``context_too_long``
-        when the newest turn alone does not fit)."""
+    def _fit(self, request: ChatRequest) -> tuple[list, TokenizedPrompt, bool]:
+        """The turns kept within the context budget, their tokenized prompt, and whether the question had to
+        be cut (``context_too_long`` when even its images do not fit)."""
+        cut = None if request.long_question == "refuse" else _cut_text
         try:
-            return fit_context(
+            return fit_question(
                 request.conversation, self.tokenizer, num_queries=self.loaded.arch.qformer.num_queries,
-                max_new_tokens=request.generation.max_new_tokens, context_length=self.context_length,
+                max_new_tokens=request.generation.max_new_tokens, context_length=self.context_length, cut=cut,
             )
         except ContextTooLongError as exc:
             raise EngineError(ErrorCode.CONTEXT_TOO_LONG, str(exc), needed=exc.needed, available=exc.available) from exc

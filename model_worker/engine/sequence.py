@@ -34,6 +34,7 @@ class Sequence:
     output_ids: list[int] = field(default_factory=list)
     text: str = ""  # the reply decoded so far (stop marker and anything after it excluded)
     finish_reason: FinishReason | None = None
+    question_cut: bool = False  # the newest turn alone was too long for the context: only its start is read
     state: object = None  # engine-private: KV cache slot, sampler, pending image embeddings...
 
     @property

@@ -13,7 +13,7 @@ so that removal cannot assemble a new one). Nothing else is touched: spaces, tab
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -153,3 +153,45 @@ def _token_count(text: str, tokenizer: Tokenizer) -> int:
 
 def _image_count(turn: TurnLike) -> int:
     return len(turn.images) if turn.role == "user" else 0
+
+
+def fit_question(turns: Sequence[TurnLike], tokenizer: Tokenizer, *, num_queries: int, max_new_tokens: int,
+                 context_length: int, cut: Callable[[TurnLike, int], TurnLike] | None,
+                 ) -> tuple[list[TurnLike], TokenizedPrompt, bool]:
+    """:func:`fit_context`, except that a newest turn too long to fit on its own is cut (its start is kept,
+    ``cut(turn, chars)`` shortens a turn) to the longest start that fits, alone. Returns the kept turns,
+    their prompt, and whether the question was cut; :class:`ContextTooLongError` when even its images
+    alone do not fit, or when the question is too long and ``cut`` is None."""
+    def fitted(candidate: Sequence[TurnLike]) -> tuple[list[TurnLike], TokenizedPrompt]:
+        return fit_context(candidate, tokenizer, num_queries=num_queries, max_new_tokens=max_new_tokens,
+                           context_length=context_length)
+
+    try:
+        return (*fitted(turns), False)
+    except ContextTooLongError:
+        if cut is None:
+            raise
+        question = turns[-1]
+        kept_chars = _longest_fitting(len(question.text), lambda chars: _fits(fitted, [cut(question, chars)]))
+        return (*fitted([cut(question, kept_chars)]), True)
+
+
+def _fits(fitted: Callable, turns: list[TurnLike]) -> bool:
+    try:
+        fitted(turns)
+    except ContextTooLongError:
+        return False
+    return True
+
+
+def _longest_fitting(upper: int, fits: Callable[[int], bool]) -> int:
+    """The largest ``n`` in ``[0, upper]`` with ``fits(n)`` (fitting is monotonic); raises
+    :class:`ContextTooLongError` (from the caller's ``fitted``) when not even 0 fits."""
+    low, high = 0, upper
+    while low < high:
+        middle = (low + high + 1) // 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle - 1
+    return low

@@ -27,10 +27,11 @@ class WorkerMetrics:
                                     buckets=_BATCH_BUCKETS, registry=r)
         self.tokens = Counter("worker_generated_tokens", "Tokens generated", registry=r)
         self.prompt_tokens = Counter("worker_prompt_tokens", "Prompt tokens prefilled", registry=r)
+        # ``front_end``: which front end the request came through (ndjson, openai, redis, ...)
         self.requests = Counter("worker_requests_finished", "Requests that ended with a done event",
-                                ["finish_reason"], registry=r)
-        self.errors = Counter("worker_request_errors", "Requests that ended with an error event",
-                              ["code"], registry=r)
+                                ["finish_reason", "front_end"], registry=r)
+        self.errors = Counter("worker_request_errors", "Requests refused or ended with an error event",
+                              ["code", "front_end"], registry=r)
         self.latency = Histogram("worker_request_duration_seconds", "From submission to the done event",
                                  buckets=_LATENCY_BUCKETS, registry=r)
         self.ttft = Histogram("worker_time_to_first_token_seconds", "From submission to the first token",

@@ -55,6 +55,9 @@ R = TypeVar("R")
 _INTERNAL_MESSAGE = "the worker failed while answering; its log has the details"
 
 
+#: The metrics' name for requests submitted without naming their front end (tests, benchmarks).
+UNNAMED_FRONT_END = "direct"
+
 _ARRIVAL_QUIET_S = 0.003  # no new request for this long: the arrivals have settled
 #: Threads that prepare requests (tokenizing, decoding and preprocessing images); mostly GIL-free work.
 PREPARE_THREADS = 2
@@ -72,6 +75,9 @@ class SchedulerLimits:
     # is cancelled, or finishes: fewer thread hops and token events per token, same answers.
     decode_burst_s: float = 0.02
     arrival_window_s: float = 0.05  # when idle, how long the first arrival waits for company
+    # The watchdog: an engine call (or a request's preparation) running longer than this makes the worker
+    # unhealthy (None: never).
+    step_timeout_s: float | None = None
 
 
 class Rejected(Exception):
@@ -95,6 +101,7 @@ class Ticket:
     request: ChatRequest
     submitted_at: float
     deadline: float
+    front_end: str = UNNAMED_FRONT_END  # where the request came from, for the metrics
     seq: Sequence | None = None
     position: int | None = None
     stop: _Stop | None = None
@@ -155,6 +162,9 @@ class Scheduler:
         self._idle.set()
         self._background: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
+        self._engine_busy_since: float | None = None  # written on the engine thread, read by the watchdog
+        self._preparing_since: dict[int, float] = {}  # prepare thread -> start of its call, for the watchdog
+        self._preparing_lock = threading.Lock()
 
     # ---- public API ---------------------------------------------------------------------------
 
@@ -201,9 +211,31 @@ class Scheduler:
         """Start the scheduling loop on the running event loop."""
         self._loop_task = asyncio.create_task(self._run(), name="scheduler")
 
-    def submit(self, request: ChatRequest, *, reserved: bool = False) -> Ticket:
+    def stalled(self) -> str | None:
+        """Why the worker is unhealthy: the engine call now running, or a request's preparation, has exceeded
+        the step timeout. None while healthy (idle, or within the limit)."""
+        limit = self._limits.step_timeout_s
+        with self._preparing_lock:
+            preparing = min(self._preparing_since.values(), default=None)
+        for since, what in ((self._engine_busy_since, "an engine step"), (preparing, "preparing a request")):
+            running = time.monotonic() - since if since is not None else 0.0
+            if limit is not None and running > limit:
+                return f"{what} has been running for {running:.0f} s (the limit is {limit:g} s)"
+        return None
+
+    def check_room(self) -> None:
+        """Raise :class:`Rejected` now when a new request could not be taken (shutting down, queue full):
+        front ends call it before reading a request's body."""
+        if not self._accepting:
+            self._reject(ErrorCode.SHUTTING_DOWN, "the worker is shutting down; try again shortly")
+        if self.queue_depth >= self._limits.max_queue:
+            self._reject(ErrorCode.BUSY, "the worker's queue is full", retry_after=self._limits.busy_retry_after_s)
+
+    def submit(self, request: ChatRequest, *, reserved: bool = False,
+               front_end: str = UNNAMED_FRONT_END) -> Ticket:
         """Accept a request, or raise :class:`Rejected` at once (``busy`` when the line is full).
         ``reserved``: the request uses a place held with :meth:`reserve` (given back either way).
+        ``front_end``: the name the metrics give the request's front end.
 
         The prompt is prepared on a prepare thread in the background; a bad image or an over-long
         context then ends the ticket with an ``error`` event.
@@ -212,7 +244,8 @@ class Scheduler:
             self.unreserve()
         self._check_admissible(request)
         now = self._last_arrival = time.monotonic()
-        ticket = Ticket(request, submitted_at=now, deadline=now + self._limits.request_timeout_s)
+        ticket = Ticket(request, submitted_at=now, deadline=now + self._limits.request_timeout_s,
+                        front_end=front_end)
         self._tickets[ticket.request_id] = ticket
         self._preparing += 1
         self._update_gauges()
@@ -252,13 +285,9 @@ class Scheduler:
     # ---- admission ----------------------------------------------------------------------------
 
     def _check_admissible(self, request: ChatRequest) -> None:
-        if not self._accepting:
-            self._reject(ErrorCode.SHUTTING_DOWN, "the worker is shutting down; try again shortly")
+        self.check_room()
         if request.request_id in self._tickets:
             self._reject(ErrorCode.BAD_REQUEST, f"request_id {request.request_id!r} is already in use")
-        if self.queue_depth >= self._limits.max_queue:
-            self._reject(ErrorCode.BUSY, "the worker's queue is full",
-                         retry_after=self._limits.busy_retry_after_s)
 
     @staticmethod
     def _reject(code: ErrorCode, message: str, **extra: Any) -> None:
@@ -267,7 +296,7 @@ class Scheduler:
     async def _prepare(self, ticket: Ticket) -> None:
         try:
             loop = asyncio.get_running_loop()
-            ticket.seq = await loop.run_in_executor(self._prepare_executor, self._engine.prepare, ticket.request)
+            ticket.seq = await loop.run_in_executor(self._prepare_executor, self._watched_prepare, ticket.request)
         except Exception as exc:
             self._fail([ticket], exc, step="prepare")
         else:
@@ -406,7 +435,7 @@ class Scheduler:
             batch = going_on
 
     def _start_burst(self, batch: list[Ticket]) -> asyncio.Future[tuple[int, int]]:
-        return asyncio.get_running_loop().run_in_executor(self._executor, self._decode_burst,
+        return asyncio.get_running_loop().run_in_executor(self._executor, self._watched, self._decode_burst,
                                                           [t.seq for t in batch])
 
     def _may_go_on(self, batch: list[Ticket]) -> bool:
@@ -476,10 +505,10 @@ class Scheduler:
         if ticket.seq is not None:
             self._release(ticket.seq)
         if isinstance(event, DoneEvent):
-            self._metrics.requests.labels(event.finish_reason.value).inc()
+            self._metrics.requests.labels(event.finish_reason.value, ticket.front_end).inc()
             self._metrics.latency.observe(event.timings["total_s"])
         else:
-            self._metrics.errors.labels(event.code.value).inc()
+            self._metrics.errors.labels(event.code.value, ticket.front_end).inc()
         log.info("request %s ended: %s", ticket.request_id,
                  event.finish_reason.value if isinstance(event, DoneEvent) else event.code.value)
         ticket.put(event)
@@ -519,12 +548,32 @@ class Scheduler:
             usage=Usage(prompt_tokens=seq.prompt_tokens if seq else 0,
                         completion_tokens=len(seq.output_ids) if seq else 0),
             timings=_timings(ticket, time.monotonic()),
+            question_cut=True if seq is not None and seq.question_cut else None,
         )
 
     # ---- plumbing -----------------------------------------------------------------------------
 
     async def _call_engine(self, fn: Callable[..., R], *args: Any) -> R:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._watched, fn, *args)
+
+    def _watched_prepare(self, request: ChatRequest) -> Sequence:
+        """``engine.prepare`` on a prepare thread, telling the watchdog how long it has been running."""
+        thread = threading.get_ident()
+        with self._preparing_lock:
+            self._preparing_since[thread] = time.monotonic()
+        try:
+            return self._engine.prepare(request)
+        finally:
+            with self._preparing_lock:
+                del self._preparing_since[thread]
+
+    def _watched(self, fn: Callable[..., R], *args: Any) -> R:
+        """Run an engine call on the engine thread, telling the watchdog how long it has been running."""
+        self._engine_busy_since = time.monotonic()
+        try:
+            return fn(*args)
+        finally:
+            self._engine_busy_since = None
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)

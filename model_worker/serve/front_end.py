@@ -10,17 +10,18 @@ does. Its life: created before the model loads, :meth:`FrontEnd.start` once the 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
-from typing import Protocol
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Protocol, TypeVar
 
 from aiohttp import web
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from model_worker.scheduling.metrics import WorkerMetrics
 from model_worker.scheduling.scheduler import Rejected, Scheduler, Ticket
 from model_worker.wire.protocol import ChatRequest, ErrorCode, ErrorEvent, Event
 
 log = logging.getLogger(__name__)
+M = TypeVar("M", bound=BaseModel)
 
 
 class FrontEnd(Protocol):
@@ -65,20 +66,38 @@ class HttpFrontEnd:
     def scheduler(self) -> Scheduler | None:
         return self._scheduler
 
-    def submit(self, request: ChatRequest) -> Ticket:
-        """Hand a request to the scheduler; :class:`Rejected` while loading, shutting down or full."""
+    def check_open(self) -> Scheduler:
+        """The scheduler; :class:`Rejected` while loading or shutting down."""
         if not self._accepting:
             raise Rejected(ErrorEvent(code=ErrorCode.SHUTTING_DOWN, message="the worker is shutting down"))
         if self._scheduler is None:
             raise Rejected(ErrorEvent(code=ErrorCode.LOADING, retry_after=5.0,
                                       message=f"the model is still loading ({self._progress()})"))
-        return self._scheduler.submit(request)
+        return self._scheduler
+
+    def check_room(self) -> None:
+        """:class:`Rejected` when a request could not be taken now (loading, shutting down, queue full):
+        called before a request's body is read, so a refused client costs nothing."""
+        self.check_open().check_room()
+
+    def submit(self, request: ChatRequest) -> Ticket:
+        """Hand a request to the scheduler; :class:`Rejected` while loading, shutting down or full."""
+        return self.check_open().submit(request, front_end=self.name)
 
     def refused(self, rejected: Rejected) -> int:
         """Count a refusal and return the HTTP status that says the same."""
-        self._metrics.errors.labels(rejected.event.code.value).inc()
-        log.info("refused a request: %s", rejected.event.code.value)
+        self._metrics.errors.labels(rejected.event.code.value, self.name).inc()
+        log.info("%s refused a request: %s", self.name, rejected.event.code.value)
         return http_status(rejected)
+
+    def refusal_response(self, status: int, rejected: Rejected) -> web.Response:
+        """A refusal as this front end's clients expect it (the auth check answers through it too)."""
+        raise NotImplementedError
+
+    def stop_generation(self, ticket: Ticket) -> None:
+        """Cancel a ticket that has not ended (it ends with ``done``/``cancelled`` at the next step)."""
+        if not ticket.ended and self._scheduler is not None:
+            self._scheduler.cancel(ticket.request_id)
 
     async def events_until_done(self, ticket: Ticket) -> AsyncIterator[Event]:
         """The ticket's events; a client that leaves early (the handler is cancelled, or writing fails)
@@ -87,32 +106,52 @@ class HttpFrontEnd:
             async for event in ticket.events():
                 yield event
         finally:
-            if not ticket.ended and self._scheduler is not None:
-                self._scheduler.cancel(ticket.request_id)
+            self.stop_generation(ticket)
 
 
-class Malformed(Rejected):
-    """A request that does not follow the front end's format (HTTP 400)."""
+class Refusal(Rejected):
+    """A refusal by a front end, before the scheduler sees the request, with its own HTTP status."""
 
-    def __init__(self, message: str) -> None:
+    status = 400
+
+
+class Malformed(Refusal):
+    """A request that does not follow the front end's format (HTTP 400); ``param`` names the field at
+    fault where one is (as the client spelt it)."""
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(ErrorEvent(code=ErrorCode.BAD_REQUEST, message=message))
+        self.param = param
 
 
-class BodyTooLarge(Rejected):
+class Unauthorized(Refusal):
+    """A request without the worker's bearer token (HTTP 401)."""
+
+    status = 401
+
+
+class BodyTooLarge(Refusal):
     """A request body over the worker's limit (HTTP 413)."""
 
+    status = 413
 
+
+# A scheduler's bad_request means the request id is in use; the others end a submitted request.
 _STATUS_OF_CODE = {ErrorCode.BUSY: 429, ErrorCode.SHUTTING_DOWN: 503, ErrorCode.LOADING: 503,
-                   ErrorCode.BAD_REQUEST: 409}  # a scheduler's bad_request: the request id is in use
+                   ErrorCode.BAD_REQUEST: 409, ErrorCode.BAD_IMAGE: 400, ErrorCode.UNKNOWN_IMAGE: 400,
+                   ErrorCode.CONTEXT_TOO_LONG: 400, ErrorCode.TIMEOUT: 504, ErrorCode.INTERNAL: 500}
 
 
 def http_status(rejected: Rejected) -> int:
     """The HTTP status that says the same as a refusal, for proxies and load balancers."""
-    if isinstance(rejected, Malformed):
-        return 400
-    if isinstance(rejected, BodyTooLarge):
-        return 413
-    return _STATUS_OF_CODE.get(rejected.event.code, 503)
+    if isinstance(rejected, Refusal):
+        return rejected.status
+    return error_status(rejected.event)
+
+
+def error_status(event: ErrorEvent) -> int:
+    """The HTTP status that says the same as an ``error`` event."""
+    return _STATUS_OF_CODE.get(event.code, 503)
 
 
 async def read_body(request: web.Request, *, max_bytes: int) -> bytes:
@@ -127,10 +166,31 @@ async def read_body(request: web.Request, *, max_bytes: int) -> bytes:
                     "send smaller images")) from None
 
 
-def describe_validation_error(exc: ValidationError, *, limit: int = 5) -> str:
+def validated(model: type[M], data: bytes | Mapping[str, object], *,
+              names: Mapping[str, str] | None = None) -> M:
+    """``data`` (JSON bytes or a mapping) as ``model``; :class:`Malformed` with the reason otherwise.
+    ``names`` renames fields in the reason to the client's own names."""
+    try:
+        if isinstance(data, bytes):
+            return model.model_validate_json(data)
+        return model.model_validate(data)
+    except ValidationError as exc:
+        reason = describe_validation_error(exc, names=names or {})
+        log.info("rejected a malformed %s: %s", model.__name__, reason)
+        raise Malformed(reason, param=_where(exc.errors(include_url=False)[0], names or {}) or None) from None
+
+
+def describe_validation_error(exc: ValidationError, *, limit: int = 5,
+                              names: Mapping[str, str] | None = None) -> str:
     """A short human reason such as ``conversation.0.role: Input should be 'user' or 'assistant'``."""
     parts = []
     for error in exc.errors(include_url=False)[:limit]:
-        where = ".".join(str(part) for part in error["loc"])
+        where = _where(error, names or {})
         parts.append(f"{where}: {error['msg']}" if where else error["msg"])
     return "; ".join(parts)
+
+
+def _where(error: Mapping[str, object], names: Mapping[str, str]) -> str:
+    """Where an error is, as ``a.0.b``; a part that ``names`` maps to ``""`` is left out."""
+    parts = (names.get(str(part), str(part)) for part in error["loc"])
+    return ".".join(part for part in parts if part)

@@ -4,15 +4,15 @@ says the same."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
 from aiohttp import web
-from pydantic import ValidationError
 
 from model_worker.scheduling.metrics import WorkerMetrics
 from model_worker.scheduling.scheduler import Rejected
-from model_worker.serve.front_end import HttpFrontEnd, Malformed, describe_validation_error, read_body
+from model_worker.serve.front_end import HttpFrontEnd, read_body, validated
 from model_worker.wire.protocol import NDJSON, ChatRequest, ErrorEvent, dump_event
 
 log = logging.getLogger(__name__)
@@ -38,9 +38,10 @@ class NdjsonApi(HttpFrontEnd):
     async def chat(self, request: web.Request) -> web.StreamResponse:
         """Validate a chat request, queue it, and stream its events until ``done``/``error``."""
         try:
+            self.check_room()
             ticket = self.submit(await self._read_request(request))
         except Rejected as rejected:
-            return error_response(self.refused(rejected), rejected.event)
+            return self.refusal_response(self.refused(rejected), rejected)
         response = web.StreamResponse(headers={"Content-Type": NDJSON})
         try:
             await response.prepare(request)
@@ -49,6 +50,9 @@ class NdjsonApi(HttpFrontEnd):
         except ConnectionResetError:
             log.info("client of request %s went away", ticket.request_id)
         return response
+
+    def refusal_response(self, status: int, rejected: Rejected) -> web.Response:
+        return error_response(status, rejected.event)
 
     async def cancel(self, request: web.Request) -> web.Response:
         """Cancel a waiting or running request; 404 when there is none with that id."""
@@ -60,9 +64,4 @@ class NdjsonApi(HttpFrontEnd):
 
     async def _read_request(self, request: web.Request) -> ChatRequest:
         body = await read_body(request, max_bytes=self._max_body_bytes)
-        try:
-            return ChatRequest.model_validate_json(body)
-        except ValidationError as exc:
-            reason = describe_validation_error(exc)
-            log.info("rejected a malformed chat request: %s", reason)
-            raise Malformed(reason) from None
+        return await asyncio.to_thread(validated, ChatRequest, body)  # a body of images takes a while to parse

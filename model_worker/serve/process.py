@@ -14,7 +14,7 @@ import signal
 import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from aiohttp import web
@@ -22,13 +22,19 @@ from aiohttp import web
 from model_worker.engine.options import EngineOptions
 from model_worker.engine.sequence import Engine
 from model_worker.scheduling.scheduler import Scheduler, SchedulerLimits
-from model_worker.serve.front_end import FrontEnd
+from model_worker.serve.front_end import FrontEnd, HttpFrontEnd
 from model_worker.serve.http_app import WorkerState, create_app
 from model_worker.serve.ndjson_api import NdjsonApi
+from model_worker.serve.openai_api import OpenAiApi
+from model_worker.serve.remote_images import RemoteImageFetcher
 from model_worker.wire.protocol import DEFAULT_MAX_BODY_BYTES, ReadyInfo
-from model_worker.wire.queue_streams import DEFAULT_CLAIM_IDLE_MS
+from model_worker.wire.queue_streams import DEFAULT_CLAIM_IDLE_MS, DEFAULT_MAX_ATTEMPTS
 
 log = logging.getLogger(__name__)
+
+#: The watchdog's default limit for one engine step, by device type: generous on CPU, where a long prefill of
+#: real-size weights takes tens of seconds.
+DEFAULT_STEP_TIMEOUT_S = {"cuda": 120.0, "cpu": 900.0}
 
 
 class ServeError(Exception):
@@ -49,9 +55,11 @@ class ServeConfig:
     engine_options: EngineOptions = EngineOptions()  # batch size, cache bounds, compile
     limits: SchedulerLimits = SchedulerLimits()
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    allow_remote_images: bool = False  # the OpenAI API may fetch http(s) image URLs
     shutdown_grace_s: float = 30.0
     queue_url: str | None = field(default=None, repr=False)  # also consume the shared Redis queue
     claim_idle_ms: int = DEFAULT_CLAIM_IDLE_MS
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
     consumer_name: str | None = None
     parent_pid: int | None = None  # stop when this process (the supervising bot) is gone
 
@@ -81,8 +89,7 @@ async def serve(config: ServeConfig) -> int:
     check_config(config)
     state = WorkerState()
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
-    http_front_ends = [NdjsonApi(metrics=state.metrics, max_body_bytes=config.max_body_bytes,
-                                 loading_progress=lambda: state.progress)]
+    http_front_ends = _http_front_ends(config, state)
     front_ends: list[FrontEnd] = [*http_front_ends, *_queue_consumer(config, state)]
     app = create_app(state, http_front_ends, token=config.token, max_body_bytes=config.max_body_bytes)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5.0)
@@ -189,7 +196,10 @@ async def _load(state: WorkerState, config: ServeConfig, executor: ThreadPoolExe
     loop = asyncio.get_running_loop()
     engine = await loop.run_in_executor(executor, _load_engine, config, state.set_progress)
     state.metrics.watch_engine(engine)
-    scheduler = Scheduler(engine, executor=executor, metrics=state.metrics, limits=config.limits)
+    limits = config.limits
+    if limits.step_timeout_s is None:
+        limits = replace(limits, step_timeout_s=DEFAULT_STEP_TIMEOUT_S.get(engine.device.type, 900.0))
+    scheduler = Scheduler(engine, executor=executor, metrics=state.metrics, limits=limits)
     scheduler.start()
     state.model_info = _model_info(engine, config)
     state.scheduler = scheduler
@@ -197,6 +207,14 @@ async def _load(state: WorkerState, config: ServeConfig, executor: ThreadPoolExe
     for front_end in front_ends:
         front_end.start(scheduler)
     log.info("model loaded (%s); serving", ", ".join(f"{k}={v}" for k, v in state.model_info.items()))
+
+
+def _http_front_ends(config: ServeConfig, state: WorkerState) -> list[HttpFrontEnd]:
+    """The bot's NDJSON API and the OpenAI-compatible one, on the one listener."""
+    shared = {"metrics": state.metrics, "max_body_bytes": config.max_body_bytes,
+              "loading_progress": lambda: state.progress}
+    remote_images = RemoteImageFetcher() if config.allow_remote_images else None
+    return [NdjsonApi(**shared), OpenAiApi(**shared, remote_images=remote_images)]
 
 
 def _queue_consumer(config: ServeConfig, state: WorkerState) -> list[FrontEnd]:
@@ -207,7 +225,7 @@ def _queue_consumer(config: ServeConfig, state: WorkerState) -> list[FrontEnd]:
     from model_worker.serve.redis_consumer import RedisConsumer
 
     return [RedisConsumer(config.queue_url, metrics=state.metrics, consumer=config.consumer_name,
-                          claim_idle_ms=config.claim_idle_ms,
+                          claim_idle_ms=config.claim_idle_ms, max_attempts=config.max_attempts,
                           ready_info=lambda: ReadyInfo(ready=state.accepting, **state.model_info))]
 
 
@@ -223,7 +241,8 @@ def _load_engine(config: ServeConfig, progress: Callable[[str], None]) -> Engine
 
 
 def _model_info(engine: Engine, config: ServeConfig) -> dict[str, object]:
-    info: dict[str, object] = {"model": config.weights.name, "max_batch_size": engine.max_batch_size}
+    info: dict[str, object] = {"model": config.weights.name, "max_batch_size": engine.max_batch_size,
+                               "max_queue": config.limits.max_queue}
     for name in ("device", "dtype"):
         value = getattr(engine, name, None)
         if value is not None:

@@ -6,7 +6,9 @@ worker takes more than it can serve. Each job goes to the same scheduler the HTT
 server uses; its events are written to the request's events stream, tagged with the attempt number.
 A job is acknowledged (and deleted) once it ended. Jobs whose worker went quiet for longer than
 ``claim_idle_ms`` are claimed by another worker and restarted from the beginning with a ``restarted``
-event; a worker keeps its running jobs' pending entries fresh so that no live job is taken from it.
+event; a worker keeps its running jobs' pending entries fresh so that no live job is taken from it. A job is
+started at most ``max_attempts`` times: one that takes its worker down every time (or fails with an
+unexpected error) ends with an ``error`` event for the bot and an entry in the dead-letter stream.
 """
 
 from __future__ import annotations
@@ -43,7 +45,9 @@ from model_worker.wire.protocol import (
 from model_worker.wire.queue_streams import (
     BACKLOG_SCRIPT,
     BLOCK_MS,
+    DEAD_LETTER_MAXLEN,
     DEFAULT_CLAIM_IDLE_MS,
+    DEFAULT_MAX_ATTEMPTS,
     EVENTS_TTL_S,
     TOUCH_SCRIPT,
     QueueKeys,
@@ -76,6 +80,8 @@ class _Outcome(enum.Enum):
 class _Job:
     entry_id: str
     request_id: str
+    request_json: bytes = b""  # as the bot queued it (kept for the dead-letter stream)
+    isolated: bool = False  # taken over from a worker that went quiet: runs alone here
     attempt: int = 0
     reserved: bool = True  # holds a place in the scheduler until it is submitted or ends
     submitted: bool = False
@@ -107,7 +113,8 @@ class RedisConsumer:
 
     def __init__(self, url: str, *, metrics: WorkerMetrics, ready_info: Callable[[], ReadyInfo],
                  keys: QueueKeys | None = None, consumer: str | None = None,
-                 claim_idle_ms: int = DEFAULT_CLAIM_IDLE_MS, events_ttl_s: int = EVENTS_TTL_S) -> None:
+                 claim_idle_ms: int = DEFAULT_CLAIM_IDLE_MS, events_ttl_s: int = EVENTS_TTL_S,
+                 max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> None:
         self._redis = redis = connect(url)
         self._metrics = QueueMetrics(metrics)
         self._ready_info = ready_info
@@ -117,9 +124,12 @@ class RedisConsumer:
         self._claim_every_s = max(0.1, min(5.0, claim_idle_ms / 2000))
         self._next_claim_at = 0.0
         self._events_ttl_s = events_ttl_s
+        self._max_attempts = max_attempts
         self._touch = redis.register_script(TOUCH_SCRIPT)
         self._backlog = redis.register_script(BACKLOG_SCRIPT)
         self._jobs: dict[str, _Job] = {}  # by entry id
+        self._job_ended = asyncio.Event()
+        self._draining = False  # a job waits to be taken over: finish the ones here, then run it alone
         self._job_tasks: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._pulling = True
@@ -189,6 +199,7 @@ class RedisConsumer:
     async def _pull_once(self) -> None:
         """Take as many jobs as the batch has room for: first jobs of workers that went quiet (when a
         look is due), then new ones. One loop does both, so together they never exceed the room."""
+        await self._wait_until_free_to_pull()
         room = await self._scheduler.wait_for_free_places()
         if self._pulling and not self._ready_info().ready:  # announced as not ready: take nothing yet
             await asyncio.sleep(_NOT_READY_RECHECK_S)
@@ -204,12 +215,17 @@ class RedisConsumer:
 
     async def _take_jobs(self, room: int) -> int:
         """Start up to ``room`` jobs (each holds one reserved place); returns how many were started."""
-        started = 0
-        if time.monotonic() >= self._next_claim_at:
+        if self._draining or time.monotonic() >= self._next_claim_at:
             self._next_claim_at = time.monotonic() + self._claim_every_s
-            started = await self._reclaim(room)
-            if started >= room:
-                return started
+            if self._jobs:  # a job to take over runs alone: let these finish first, taking nothing new
+                self._draining = await self._claimable()
+                if self._draining:
+                    return 0
+            else:
+                self._draining = False
+                if await self._reclaim():
+                    return 1
+        started = 0
         reply = await self._redis.xreadgroup(self._keys.group, self.consumer, {self._keys.stream: ">"},
                                              count=room - started,
                                              block=min(BLOCK_MS, int(self._claim_every_s * 1000)))
@@ -220,21 +236,35 @@ class RedisConsumer:
                 started += 1
         return started
 
-    async def _reclaim(self, room: int) -> int:
-        """Claim up to ``room`` jobs idle longer than ``claim_idle_ms``; returns how many were started."""
+    async def _reclaim(self) -> bool:
+        """Claim one job idle longer than ``claim_idle_ms`` and run it alone; True when one was started.
+
+        Its worker may have died because of it (a request that crashes the device): running it alone
+        keeps other jobs out of its way, and the attempt limit ends it if it crashes every worker."""
         _cursor, entries, *_deleted = await self._redis.xautoclaim(
             self._keys.stream, self._keys.group, self.consumer, min_idle_time=self._claim_idle_ms,
-            start_id="0-0", count=room)
-        started = 0
+            start_id="0-0", count=1)
         for entry_id, fields in entries:
             entry = entry_id.decode()
             if entry in self._jobs or not fields:
                 continue  # one of ours that was slow to be touched, or an entry deleted meanwhile
             self._metrics.reclaimed.inc()
-            log.info("took over job %s from a worker that went quiet", entry)
-            self._start_job(entry, fields)
-            started += 1
-        return started
+            log.info("took over job %s from a worker that went quiet; running it alone", entry)
+            self._start_job(entry, fields, isolated=True)
+            return True
+        return False
+
+    async def _claimable(self) -> bool:
+        """Whether a job has been pending longer than ``claim_idle_ms`` (its worker went quiet)."""
+        return bool(await self._redis.xpending_range(self._keys.stream, self._keys.group, min="-", max="+",
+                                                     count=1, idle=self._claim_idle_ms))
+
+    async def _wait_until_free_to_pull(self) -> None:
+        """Take nothing new while a job taken over from a quiet worker runs here alone, or while the jobs
+        here finish so that one can."""
+        while self._jobs and (self._draining or any(job.isolated for job in self._jobs.values())):
+            self._job_ended.clear()
+            await self._job_ended.wait()
 
     async def _watch_cancels_once(self) -> None:
         jobs = [job for job in self._jobs.values() if job.submitted and not job.cancelled]
@@ -273,9 +303,9 @@ class RedisConsumer:
 
     # ---- one job ------------------------------------------------------------------------------
 
-    def _start_job(self, entry_id: str, fields: dict[bytes, bytes]) -> None:
+    def _start_job(self, entry_id: str, fields: dict[bytes, bytes], *, isolated: bool = False) -> None:
         request_id = fields.get(b"request_id", b"?").decode(errors="replace")
-        job = _Job(entry_id, request_id)
+        job = _Job(entry_id, request_id, request_json=fields.get(b"request", b""), isolated=isolated)
         self._jobs[entry_id] = job
         task = asyncio.create_task(self._serve(job, fields), name=f"job-{request_id}")
         self._job_tasks.add(task)
@@ -300,12 +330,16 @@ class RedisConsumer:
             self._scheduler.cancel(job.request_id)
         finally:
             self._jobs.pop(job.entry_id, None)
+            self._job_ended.set()
             if job.reserved:
                 self._scheduler.unreserve()
 
     async def _run_job(self, job: _Job, fields: dict[bytes, bytes]) -> _Outcome:
         """Serve one job: publish its events, and say what to do with its queue entry."""
         job.attempt = await self._begin_attempt(job.request_id)
+        if job.attempt > self._max_attempts:
+            reason = f"every one of its {self._max_attempts} attempts ended with its worker gone"
+            return await self._give_up(job, reason, attempts=self._max_attempts)
         if job.attempt > 1:
             await self._publish(job, RestartedEvent(attempt=job.attempt))
         if await self._redis.exists(self._keys.cancel(job.request_id)):
@@ -313,9 +347,9 @@ class RedisConsumer:
         try:
             request = await self._load_request(fields)
             job.reserved = False
-            ticket = self._scheduler.submit(request, reserved=True)
+            ticket = self._scheduler.submit(request, reserved=True, front_end=self.name)
         except Rejected as exc:
-            self._metrics.errors.labels(exc.event.code.value).inc()
+            self._metrics.errors.labels(exc.event.code.value, self.name).inc()
             return await self._forward(job, [exc.event])
         job.submitted = True
         return await self._forward(job, ticket.events())
@@ -329,6 +363,9 @@ class RedisConsumer:
             if isinstance(event, ErrorEvent) and event.code is ErrorCode.SHUTTING_DOWN:
                 self._pulling = False
                 return _Outcome.HAND_BACK  # another worker answers it
+            if isinstance(event, ErrorEvent) and event.code is ErrorCode.INTERNAL:
+                return await self._give_up(job, "the worker failed while answering (its log has the details)",
+                                           attempts=job.attempt, event=event)
             if isinstance(event, DoneEvent | ErrorEvent):
                 await self._publish_last(job, event)
                 return _Outcome.ENDED
@@ -371,16 +408,29 @@ class RedisConsumer:
         pipe.expire(key, self._events_ttl_s)
         await pipe.execute()
 
-    async def _publish_last(self, job: _Job, event: DoneEvent | ErrorEvent) -> None:
-        """The last event and the job's acknowledgement in one transaction: if Redis fails between
-        them, neither happened, and the job is answered again rather than lost or half-answered."""
+    async def _publish_last(self, job: _Job, event: DoneEvent | ErrorEvent,
+                            dead_letter: dict[str, str | bytes] | None = None) -> None:
+        """The last event and the job's acknowledgement (and its dead-letter entry, if any) in one
+        transaction: if Redis fails between them, none happened, and the job is answered again rather than
+        lost or half-answered."""
         key = self._keys.events(job.request_id)
         pipe = self._redis.pipeline(transaction=True)
         pipe.xadd(key, encode_event(job.attempt, event))
         pipe.expire(key, self._events_ttl_s)
+        if dead_letter is not None:
+            pipe.xadd(self._keys.dead, dead_letter, maxlen=DEAD_LETTER_MAXLEN, approximate=True)
         pipe.xack(self._keys.stream, self._keys.group, job.entry_id)
         pipe.xdel(self._keys.stream, job.entry_id)
         await pipe.execute()
+
+    async def _give_up(self, job: _Job, reason: str, *, attempts: int, event: ErrorEvent | None = None) -> _Outcome:
+        """End a job that cannot be answered: the bot gets an error, the operator a dead-letter entry."""
+        log.error("request %s moved to the dead-letter stream %s: %s", job.request_id, self._keys.dead, reason)
+        event = event or ErrorEvent(code=ErrorCode.INTERNAL, message=f"the request could not be answered: {reason}")
+        entry = {"request_id": job.request_id, "request": job.request_json, "attempts": str(attempts),
+                 "reason": reason, "consumer": self.consumer}
+        await self._publish_last(job, event, dead_letter=entry)
+        return _Outcome.ENDED
 
     async def _hand_back(self, job: _Job) -> None:
         """Make an unfinished job look long idle, so another worker claims it at its next look."""

@@ -34,6 +34,22 @@ DEFAULT_MAX_QUEUE = 64
 DEFAULT_MAX_BODY_BYTES = 64 * 2**20
 #: The ``retry_after`` hint sent with ``busy`` (seconds).
 BUSY_RETRY_AFTER_S = 5.0
+#: Largest image file downloaded: the bot's attachments (``MAX_IMAGE_BYTES``) and the worker's opt-in
+#: remote image URLs.
+DEFAULT_MAX_IMAGE_BYTES = 20_000_000
+#: Longest time one image download may take (seconds).
+IMAGE_DOWNLOAD_TIMEOUT_S = 30.0
+
+# Caps on one request: they bound the body, the worker's tokenizing and the prompt it fits. The bot sends only
+# the tail of a conversation that fits within them (the model's context holds far less than this anyway).
+#: Turns in one request.
+MAX_TURNS = 512
+#: Characters of one turn's text.
+MAX_TURN_CHARS = 8_192
+#: Characters of all turns' text together.
+MAX_REQUEST_TEXT_CHARS = 16_384
+#: Images in one request (each fills 32 of the context's 2,048 positions).
+MAX_IMAGES_PER_REQUEST = 16
 
 
 class ErrorCode(StrEnum):
@@ -96,8 +112,8 @@ class ImageRef(_Model):
 
 class Turn(_Model):
     role: Literal["user", "assistant"]
-    text: str = ""
-    images: list[ImageRef] = Field(default_factory=list)
+    text: str = Field("", max_length=MAX_TURN_CHARS)
+    images: list[ImageRef] = Field(default_factory=list, max_length=MAX_IMAGES_PER_REQUEST)
 
 
 class GenerationParams(_Model):
@@ -114,13 +130,27 @@ class GenerationParams(_Model):
 class ChatRequest(_Model):
     request_id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=1, max_length=128)
     user: str = Field("anonymous", max_length=256)  # opaque key used for fairness between users
-    conversation: list[Turn] = Field(min_length=1, max_length=512)
+    conversation: list[Turn] = Field(min_length=1, max_length=MAX_TURNS)
     generation: GenerationParams = Field(default_factory=GenerationParams)
+    # A newest turn too long for the context on its own: "cut" answers its start (``done`` then says
+    # ``question_cut``), "refuse" ends the request with ``context_too_long``.
+    long_question: Literal["cut", "refuse"] = "cut"
 
     @model_validator(mode="after")
     def _ends_with_user(self) -> ChatRequest:
         if self.conversation[-1].role != "user":
             raise ValueError("the conversation must end with a user turn")
+        return self
+
+    @model_validator(mode="after")
+    def _within_caps(self) -> ChatRequest:
+        text = sum(len(turn.text) for turn in self.conversation)
+        if text > MAX_REQUEST_TEXT_CHARS:
+            raise ValueError(f"the conversation's text has {text} characters; at most {MAX_REQUEST_TEXT_CHARS} "
+                             "are accepted (send only its most recent turns)")
+        images = sum(len(turn.images) for turn in self.conversation)
+        if images > MAX_IMAGES_PER_REQUEST:
+            raise ValueError(f"the conversation has {images} images; at most {MAX_IMAGES_PER_REQUEST} are accepted")
         return self
 
     def image_hashes(self) -> list[str]:
@@ -164,6 +194,7 @@ class DoneEvent(_Model):
     finish_reason: FinishReason
     usage: Usage
     timings: dict[str, float] = Field(default_factory=dict)
+    question_cut: bool | None = None  # the question alone was too long for the model: only its start was read
 
 
 class ErrorEvent(_Model):
@@ -204,3 +235,30 @@ class ReadyInfo(_Model):
     device: str | None = None
     dtype: str | None = None
     progress: str | None = None  # what loading is doing, while not ready
+    max_batch_size: int | None = None  # sequences decoded together
+    max_queue: int | None = None  # requests that may wait beyond the batch before ``busy``
+
+    @property
+    def capacity(self) -> int | None:
+        """Requests the worker takes at once (running plus waiting), when it says."""
+        if self.max_batch_size is None:
+            return None
+        return self.max_batch_size + (self.max_queue or 0)
+
+
+class HealthInfo(_Model):
+    """Body of ``GET /healthz``: alive and healthy (200), or alive but stuck (503, with the reason)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    alive: bool = True
+    healthy: bool = True
+    reason: str | None = None
+
+
+def protocol_mismatch(info: ReadyInfo, *, where: str) -> str | None:
+    """A start-up error message when the worker at ``where`` speaks another protocol version, else None."""
+    if info.protocol_version == PROTOCOL_VERSION:
+        return None
+    return (f"the worker at {where} speaks protocol version {info.protocol_version}, but this bot speaks "
+            f"version {PROTOCOL_VERSION}: run the same release of the bot and the worker")

@@ -11,6 +11,10 @@ worker, and a job whose worker dies stays pending until another worker claims it
 - ``{stream}:attempt:{request_id}``: incremented each time a worker starts the job; events carry it, so
   events of a superseded attempt can be ignored.
 - ``{stream}:worker:{consumer}``: each worker's readiness, refreshed while it runs.
+- ``{stream}:reservations``: places in the queue held by bots while they upload a job's images (a sorted set
+  of request ids by expiry time), so that a full queue refuses a job before its images are sent.
+- ``{stream}:dead``: the dead-letter stream: jobs that failed on every attempt, or with an unexpected error,
+  with the reason, for an operator to inspect (``XRANGE minigpt4:jobs:dead - +``).
 
 This module imports only the Redis client and the wire protocol, so the bot can use it without torch.
 """
@@ -35,6 +39,12 @@ DEFAULT_CLAIM_IDLE_MS = 30_000
 EVENTS_TTL_S = 900
 #: How long an image's bytes are kept after the last request that referred to them (s).
 IMAGE_TTL_S = 3600
+#: How many times a job is started (by any worker) before it goes to the dead-letter stream.
+DEFAULT_MAX_ATTEMPTS = 3
+#: How long a bot's place in the queue is held while it uploads the job's images (ms).
+RESERVATION_TTL_MS = 30_000
+#: Entries the dead-letter stream keeps (the oldest go first).
+DEAD_LETTER_MAXLEN = 10_000
 
 
 @dataclass(frozen=True)
@@ -58,6 +68,14 @@ class QueueKeys:
 
     def worker(self, consumer: str) -> str:
         return f"{self.stream}:worker:{consumer}"
+
+    @property
+    def reservations(self) -> str:
+        return f"{self.stream}:reservations"
+
+    @property
+    def dead(self) -> str:
+        return f"{self.stream}:dead"
 
     @property
     def worker_pattern(self) -> str:
@@ -113,6 +131,18 @@ local function last_delivered(stream, group)
   end
   return nil
 end
+local function now_ms()
+  local t = redis.call("TIME")
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function ensure_group(stream, group)
+  local last = last_delivered(stream, group)
+  if not last then
+    redis.call("XGROUP", "CREATE", stream, group, "0", "MKSTREAM")
+    last = "0-0"
+  end
+  return last
+end
 local function waiting(stream, last, upto, limit)
   if limit then
     return #redis.call("XRANGE", stream, "(" .. last, upto, "COUNT", limit)
@@ -121,18 +151,28 @@ local function waiting(stream, last, upto, limit)
 end
 """
 
-#: KEYS: stream, then the request's events, cancel and attempt keys (cleared: a reused id starts afresh);
-#: ARGV: group, max waiting, request id, request JSON.
+#: KEYS: stream, reservations; ARGV: group, max waiting, request id, hold time (ms).
+#: Holds a place for the request while its images are uploaded: returns ``{1, waiting}``, or
+#: ``{false, waiting}`` when the waiting jobs and the places held already fill the queue.
+RESERVE_SCRIPT = _LIB + """
+local now = now_ms()
+redis.call("ZREMRANGEBYSCORE", KEYS[2], "-inf", now)
+local last = ensure_group(KEYS[1], ARGV[1])
+local ahead = waiting(KEYS[1], last, "+", tonumber(ARGV[2])) + redis.call("ZCARD", KEYS[2])
+if ahead >= tonumber(ARGV[2]) then return {false, ahead} end
+redis.call("ZADD", KEYS[2], now + tonumber(ARGV[4]), ARGV[3])
+return {1, ahead}
+"""
+
+#: KEYS: stream, reservations, then the request's events, cancel and attempt keys (cleared: a reused id
+#: starts afresh); ARGV: group, max waiting, request id, request JSON.
+#: Uses the request's reservation when it still holds one (otherwise checks for room again).
 #: Returns ``{entry id, position}``, or ``{false, waiting}`` when the queue is full.
 ENQUEUE_SCRIPT = _LIB + """
-local last = last_delivered(KEYS[1], ARGV[1])
-if not last then
-  redis.call("XGROUP", "CREATE", KEYS[1], ARGV[1], "0", "MKSTREAM")
-  last = "0-0"
-end
-local ahead = waiting(KEYS[1], last, "+", tonumber(ARGV[2]))
-if ahead >= tonumber(ARGV[2]) then return {false, ahead} end
-redis.call("DEL", KEYS[2], KEYS[3], KEYS[4])
+local last = ensure_group(KEYS[1], ARGV[1])
+local ahead = waiting(KEYS[1], last, "+", nil)
+if redis.call("ZREM", KEYS[2], ARGV[3]) == 0 and ahead >= tonumber(ARGV[2]) then return {false, ahead} end
+redis.call("DEL", KEYS[3], KEYS[4], KEYS[5])
 local id = redis.call("XADD", KEYS[1], "*", "request_id", ARGV[3], "request", ARGV[4])
 return {id, ahead + 1}
 """

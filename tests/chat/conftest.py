@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
 
+from bot.adapters.discord.listeners import PROFILE as DISCORD_ADAPTER_PROFILE
+from bot.adapters.slack.listeners import SLACK_PROFILE as SLACK_ADAPTER_PROFILE
 from bot.chat.messages import IncomingMessage, PlatformProfile, Reply
 from bot.chat.service import ChatService
 from bot.chat.store import Store
@@ -14,8 +16,9 @@ from bot.settings import Settings
 from model_worker.wire.protocol import ChatRequest
 from tests.support.recording import RecordingWorker
 
-DISCORD_PROFILE = PlatformProfile(platform="discord", max_message_chars=2000, edit_interval_s=0.0, markup="discord")
-SLACK_PROFILE = PlatformProfile(platform="slack", max_message_chars=3900, edit_interval_s=0.0, markup="slack")
+# The adapters' own profiles, without the pause between streamed edits (these tests read every event).
+DISCORD_PROFILE: PlatformProfile = replace(DISCORD_ADAPTER_PROFILE, edit_interval_s=0.0)
+SLACK_PROFILE: PlatformProfile = replace(SLACK_ADAPTER_PROFILE, edit_interval_s=0.0)
 
 
 @dataclass

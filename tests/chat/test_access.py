@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from bot.chat.access import AccessPolicy
-from bot.chat.messages import IncomingMessage
+from bot.chat.messages import IncomingMessage, Membership
 from bot.settings import Settings
 
 
@@ -80,10 +80,52 @@ def test_dms_can_be_switched_off_per_platform() -> None:
     assert allowed(DISCORD_DM, slack_allow_dms=False)
 
 
-def test_channel_and_workspace_lists_do_not_apply_to_dms_but_user_lists_do() -> None:
-    assert allowed(DISCORD_DM, allowed_channels=("C1",), allowed_workspaces=("G1",))
+def test_channel_allow_lists_do_not_apply_to_dms_but_user_lists_do() -> None:
+    assert allowed(DISCORD_DM, allowed_channels=("C1",))
+    assert allowed(SLACK_DM, allowed_channels=("C1",))
     assert not allowed(DISCORD_DM, allowed_users=("U2",))
     assert not allowed(SLACK_DM, denied_users=("U1",))
+
+
+def in_guilds(*memberships: Membership) -> IncomingMessage:
+    """A Discord DM whose author's memberships were looked up."""
+    return replace(DISCORD_DM, memberships=memberships)
+
+
+@pytest.mark.parametrize(("message", "values", "expected"), [
+    # a Discord DM is judged through the author's memberships in the guilds the bot shares with them
+    (in_guilds(Membership("G1")), {"allowed_workspaces": ("G1",)}, True),
+    (in_guilds(Membership("G2")), {"allowed_workspaces": ("G1",)}, False),
+    (in_guilds(), {"allowed_workspaces": ("G1",)}, False),  # in no shared guild
+    (in_guilds(), {"denied_roles": ("R9",)}, False),
+    (in_guilds(Membership("G1")), {"denied_workspaces": ("G1",)}, False),
+    (in_guilds(Membership("G2"), Membership("G1")), {"denied_workspaces": ("G1",)}, False),  # deny wins
+    (in_guilds(Membership("G2")), {"denied_workspaces": ("G1",)}, True),
+    (in_guilds(Membership("G1", ("R1",))), {"denied_roles": ("R1",)}, False),
+    (in_guilds(Membership("G1", ("R2",))), {"denied_roles": ("R1",)}, True),
+    (in_guilds(Membership("G1", ("R2",))), {"allowed_roles": ("R2",)}, True),
+    (in_guilds(Membership("G1")), {"allowed_roles": ("R2",)}, False),
+    (in_guilds(Membership("G1")), {"allowed_roles": ("R2",), "allowed_users": ("U1",)}, True),
+    # a role held in a guild that is not allowed does not count
+    (in_guilds(Membership("G2", ("R2",))), {"allowed_workspaces": ("G1",), "allowed_roles": ("R2",)}, False),
+    (in_guilds(Membership("G2", ("R2",)), Membership("G1")),
+     {"allowed_workspaces": ("G1",), "allowed_roles": ("R2",)}, False),
+    # a Slack DM belongs to its team
+    (SLACK_DM, {"allowed_workspaces": ("T1",)}, True),
+    (SLACK_DM, {"allowed_workspaces": ("T2",)}, False),
+    (SLACK_DM, {"denied_workspaces": ("T1",)}, False),
+])
+def test_dms_do_not_bypass_workspace_and_role_rules(message: IncomingMessage, values: dict,
+                                                    expected: bool) -> None:
+    assert allowed(message, **values) is expected
+
+
+def test_memberships_are_looked_up_only_for_discord_dms_under_workspace_or_role_rules() -> None:
+    rules = AccessPolicy(settings(denied_roles=("R1",), admin_users=("BOSS",)))
+    assert rules.needs_memberships(DISCORD_DM)
+    assert not rules.needs_memberships(replace(DISCORD_DM, author_id="BOSS"))
+    assert not any(rules.needs_memberships(m) for m in (DISCORD, DISCORD_THREAD, SLACK, SLACK_DM))
+    assert not AccessPolicy(settings(allowed_users=("U1",), allowed_channels=("C1",))).needs_memberships(DISCORD_DM)
 
 
 def test_admins_pass_every_list() -> None:

@@ -20,7 +20,8 @@ def test_placeholders_match_and_text_is_translated(key: str) -> None:
 
 
 def test_adapter_labels_are_in_the_catalogue() -> None:
-    for key in ("stop_button", "cmd_reset_description", "cmd_help_description", "slack_file_access_hint"):
+    for key in ("stop_button", "cmd_reset_description", "cmd_help_description", "slack_file_access_hint",
+                "thread_refused"):
         assert t(key, "en") != t(key, "ja")
 
 

@@ -228,14 +228,18 @@ async def test_failures_become_localised_messages_and_keep_the_user_turn(harness
     harness = await harness_factory(
         client_factory=lambda: HttpWorkerClient("unix:/nonexistent/worker.sock", connect_attempts=1))
     failed = (await harness.send(dm("discord", "are you there?", locale="ja")))[-1]
-    assert failed == Failed(failed.request_id, t("worker_unavailable", "ja"), "unavailable")
+    text = t("worker_unavailable", "ja")
+    assert failed == Failed(failed.request_id, text, "unavailable", parts=(text,))  # nothing streamed to keep
     harness.worker_client_factory = worker.client
     await harness.restart()
     await harness.send(dm("discord", "now?"))
-    assert [turn.text for turn in harness.requests[-1].conversation] == ["are you there?", "now?"]
+    conversation = await harness.store.find_conversation(conversation_key(dm("discord", "")))
+    assert [(turn.text, turn.status) for turn in await harness.store.list_turns(conversation.id)][0] == (
+        "are you there?", "failed"), "the failed question is kept in the store"
+    assert [turn.text for turn in harness.requests[-1].conversation] == ["now?"], "but not sent again"
 
-    too_long = (await harness.send(dm("slack", " ".join(f"word{i}" for i in range(4000))), SLACK_PROFILE))[-1]
-    assert too_long == Failed(too_long.request_id, t("context_too_long", "en"), "context_too_long")
+    too_long = await harness.send(dm("slack", " ".join(f"word{i}" for i in range(4000))), SLACK_PROFILE)
+    assert isinstance(too_long[-2], Final) and too_long[-1] == Notice(t("message_cut", "en"))
 
 
 async def test_an_abandoned_answer_is_cancelled_and_frees_the_users_slot(harness_factory) -> None:

@@ -8,15 +8,12 @@ from bot.chat.images import ACCEPTED_TYPES
 from bot.chat.splitting import prepare_parts
 from tests.discord.harness import (
     assert_no_pings,
-    edit_times_by_message,
     png_bytes,
     running_bot,
     sends_and_edits,
     settled_answer,
 )
 from tests.fakes.discord_fake import FakeDiscord
-
-PACED_S = 0.9  # the adapter edits each message at most about once per second
 
 
 def shown(text: str) -> list[str]:
@@ -39,8 +36,7 @@ async def test_mention_with_photo_opens_thread_and_follow_up_continues(fake_disc
         assert fake.requests_to("GET", r"/cdn/.*/cat\.png")
         assert first == shown(worker.answers[0].text)
         assert fake.requests_to("PATCH", rf"/channels/{thread_id}/messages/\d+"), "the placeholder is edited"
-        for times in edit_times_by_message(fake).values():
-            assert all(later - earlier >= PACED_S for earlier, later in zip(times, times[1:], strict=False))
+        # the pace of edits: tests/chat/test_answer_layout.py::test_streamed_edits_are_paced_per_message
 
         await fake.post_user_message("And what colour is it?", channel_id=thread_id)  # no mention
         await fake.wait_until(lambda: len(worker.answers) == 2 and settled_answer(fake, thread_id))

@@ -94,8 +94,9 @@ async def test_stopping_mid_answer_cancels_the_handlers_cleanly(fake_discord, re
     async with running_bot(fake, recording_worker, tmp_path, max_new_tokens=1536):
         question = await fake.post_user_message("Tell me a very long story", mention_bot=True)
         await fake.wait_until(lambda: fake.bot_messages(int(question["id"])))
+        handlers = [task for task in asyncio.all_tasks() if task.get_name() == "discord.py: on_message"]
+        assert handlers, "the answer's handler is running when the bot stops"
     await asyncio.sleep(0.2)
 
-    handlers = [task for task in asyncio.all_tasks() if task.get_name().startswith("discord.py")]
     assert all(task.done() for task in handlers)
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR]

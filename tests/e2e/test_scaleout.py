@@ -8,12 +8,13 @@ other, a cancel reaches the worker running the job, and a Redis outage gives cle
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 
 import pytest
 
-from bot.worker_client.base import WorkerUnavailable
+from bot.worker_client.base import WorkerInternal, WorkerUnavailable
 from model_worker.wire.protocol import (
     ChatRequest,
     DoneEvent,
@@ -21,17 +22,16 @@ from model_worker.wire.protocol import (
     RestartedEvent,
     StartedEvent,
     TokenEvent,
-    Turn,
 )
-from model_worker.wire.queue_streams import DEFAULT_GROUP, DEFAULT_STREAM, connect
+from model_worker.wire.queue_streams import DEFAULT_GROUP, DEFAULT_STREAM, QueueKeys, connect
+from tests.support.queue_cluster import QueueCluster
+from tests.support.redis_server import run_redis_server
+from tests.support.requests import collect, one_turn
 
 pytestmark = pytest.mark.timeout(240)
 
 
-def greedy(text: str, *, max_new_tokens: int, request_id: str | None = None) -> ChatRequest:
-    extra = {"request_id": request_id} if request_id else {}
-    return ChatRequest(conversation=[Turn(role="user", text=text)],
-                       generation={"max_new_tokens": max_new_tokens, "greedy": True}, **extra)
+greedy = one_turn
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ async def bot(queue_cluster):
 
 
 async def answer(client, request: ChatRequest) -> list:
-    return [event async for event in client.chat(request)]
+    return await collect(client.chat(request))
 
 
 def tokens_text(events: list) -> str:
@@ -153,3 +153,36 @@ async def _until_workers_ready(bot, count: int) -> None:
         except WorkerUnavailable:
             pass
         await asyncio.sleep(0.2)
+
+
+@pytest.fixture
+def crashing_cluster(tiny_weights, tmp_path, monkeypatch):
+    """Two workers (restarted whenever they exit) whose process dies on any request that says "poison"."""
+    monkeypatch.setenv("MINIGPT4_TEST_CRASH_ON", "poison")
+    (tmp_path / "redis").mkdir()
+    with run_redis_server(tmp_path / "redis") as redis, contextlib.ExitStack() as stack:
+        cluster = QueueCluster(redis=redis, weights=tiny_weights, workdir=tmp_path, stack=stack,
+                               module="tests.support.faulty_worker", claim_idle_ms=1000)
+        for index in range(2):
+            cluster.start_worker(index)
+        yield cluster
+
+
+async def test_a_job_that_crashes_every_worker_ends_in_the_dead_letter_stream(crashing_cluster):
+    restarter = asyncio.create_task(crashing_cluster.keep_workers_running())
+    bot = crashing_cluster.client(request_timeout_s=200)
+    try:
+        poison = greedy("poison pill", max_new_tokens=4)
+        results = await asyncio.gather(answer(bot, poison),
+                                       *(answer(bot, greedy(f"fine {i}", max_new_tokens=4)) for i in range(4)),
+                                       return_exceptions=True)
+        dead = await connect(crashing_cluster.redis.url).xrange(QueueKeys().dead)
+    finally:
+        restarter.cancel()
+        await bot.close()
+    assert isinstance(results[0], WorkerInternal), results[0]
+    assert all(isinstance(events[-1], DoneEvent) for events in results[1:]), results[1:]
+    assert len(dead) == 1
+    entry = {key.decode(): value.decode() for key, value in dead[0][1].items()}
+    assert entry["request_id"] == poison.request_id and entry["attempts"] == "3"
+    assert "poison pill" in entry["request"] and "attempts" in entry["reason"]

@@ -1,12 +1,17 @@
-"""Fixtures for the worker's tests: the tiny model loaded once through the real loader."""
+"""Fixtures for the worker's tests: the tiny model loaded once through the real loader, and schedulers on
+their own engine thread, shut down after the test."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
+
+from model_worker.scheduling.metrics import WorkerMetrics
+from model_worker.scheduling.scheduler import Scheduler, SchedulerLimits
 
 
 @pytest.fixture(scope="session")
@@ -28,3 +33,22 @@ def make_engine(loaded) -> Callable:
         return MiniGPT4Engine(loaded, options=EngineOptions(max_batch_size=max_batch_size, **options))
 
     return make
+
+
+@pytest.fixture
+async def make_scheduler():
+    """``make(engine, **limits)``: a started scheduler over ``engine`` (an echo engine, the tiny model's)."""
+    created: list[tuple[Scheduler, ThreadPoolExecutor]] = []
+
+    def make(engine, **limits) -> Scheduler:
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        scheduler = Scheduler(engine, executor=executor, metrics=WorkerMetrics(),
+                              limits=SchedulerLimits(**limits))
+        scheduler.start()
+        created.append((scheduler, executor))
+        return scheduler
+
+    yield make
+    for scheduler, executor in created:
+        await scheduler.shutdown(grace_s=0)
+        executor.shutdown()

@@ -1,10 +1,8 @@
-"""Decoding Slack events: mentions, threads, DMs, and which deliveries count as the same post."""
+"""Decoding Slack events: mentions, threads, DMs."""
 
 from __future__ import annotations
 
-from bot.adapters.slack.dedup import RecentDeliveries
 from bot.adapters.slack.incoming import (
-    delivery_key,
     is_user_post,
     may_concern_bot,
     reply_thread_ts,
@@ -38,16 +36,3 @@ def test_plain_channel_chatter_is_skipped_before_any_lookup() -> None:
     assert may_concern_bot({"text": "and then?", "thread_ts": "1.1"}, BOT)
     assert may_concern_bot({"text": "hi", "channel_type": "im"}, BOT)
     assert may_concern_bot({"text": f"<@{BOT}> hi", "channel_type": "channel"}, BOT)
-
-
-def test_app_mention_and_message_for_one_post_and_retries_are_one_delivery() -> None:
-    deliveries = RecentDeliveries(capacity=3)
-    mention = {"type": "app_mention", "channel": "C1", "ts": "1.1"}
-    message = {"type": "message", "channel": "C1", "ts": "1.1"}
-    assert deliveries.first_time("Ev1", delivery_key(mention))
-    assert not deliveries.first_time("Ev2", delivery_key(message))
-    assert not deliveries.first_time("Ev1", delivery_key(mention))  # a retry
-    assert deliveries.first_time("Ev9", "C1:9.9")
-    for n in range(5):  # old keys are forgotten past the capacity
-        deliveries.first_time(f"Ex{n}")
-    assert deliveries.first_time("Ev1")

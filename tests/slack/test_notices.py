@@ -9,10 +9,10 @@ import pytest
 from bot.adapters.slack import run_slack
 from bot.chat.i18n import t
 from bot.chat.service import ChatService
-from bot.chat.store import Store
+from bot.chat.store import ConversationKey, Store
 from bot.settings import SettingsError
 from bot.worker_client.http import HttpWorkerClient
-from tests.fakes.slack_fake import BOT_TOKEN, FakeSlack, command_envelope, events_envelope
+from tests.fakes.slack_fake import BOT_TOKEN, TEAM_ID, FakeSlack, command_envelope, events_envelope
 from tests.slack.harness import mention_event, message_event, running_bot, slack_settings
 
 CHANNEL = "C0GENERAL"
@@ -74,11 +74,40 @@ async def test_slash_command_in_japanese_answers_privately(fake: FakeSlack, tmp_
                                                            idle_worker: HttpWorkerClient) -> None:
     fake.user_locales["U0HANAKO"] = "ja-JP"
     async with running_bot(fake, slack_settings(fake, tmp_path), idle_worker):
-        envelope = command_envelope(fake, text="リセット", user="U0HANAKO", channel=CHANNEL)
+        envelope = command_envelope(fake, text="ヘルプ", user="U0HANAKO", channel=CHANNEL)
         await fake.push(envelope)
         await fake.wait_for(lambda: fake.responses and fake.acks)
-    assert fake.responses == [{"text": t("reset_done", "ja"), "response_type": "ephemeral"}]
+    assert fake.responses[0]["text"].startswith(t("help", "ja", max_images=0, accepted="", max_mb=0)[:20])
+    assert fake.responses[0]["response_type"] == "ephemeral"
     assert fake.acks == [{"envelope_id": envelope["envelope_id"]}]
+
+
+async def _turn_texts(store: Store, key: ConversationKey) -> list[str]:
+    conversation = await store.find_conversation(key)
+    return [turn.text for turn in await store.list_turns(conversation.id)] if conversation else []
+
+
+async def test_slash_reset_resets_a_dm_but_in_a_channel_changes_nothing_and_says_so(
+        fake: FakeSlack, tmp_path: Path, idle_worker: HttpWorkerClient) -> None:
+    fake.user_locales["U0HANAKO"] = "ja-JP"
+    thread = ConversationKey("slack", TEAM_ID, CHANNEL, "1.000700")
+    dm = ConversationKey("slack", "", "D0ALICE", "dm")
+    async with running_bot(fake, slack_settings(fake, tmp_path), idle_worker) as bot:
+        # two conversations with a stored turn each (the model is not reachable: the turn stays)
+        await fake.push(events_envelope(mention_event("about the thread", ts="1.000700"), event_id="Ev7"))
+        await fake.wait_for(lambda: len(fake.calls_to("reactions.remove")) == 1)
+        await fake.push(events_envelope(message_event("about the DM", ts="1.000800", channel="D0ALICE",
+                                                      channel_type="im"), event_id="Ev8"))
+        await fake.wait_for(lambda: len(fake.calls_to("reactions.remove")) == 2)
+        for text, user, channel in (("reset", "U0ALICE", CHANNEL), ("リセット", "U0HANAKO", CHANNEL),
+                                    ("reset", "U0ALICE", "D0ALICE")):
+            await fake.push(command_envelope(fake, text=text, user=user, channel=channel))
+        await fake.wait_for(lambda: len(fake.responses) == 3 and len(fake.acks) == 5)
+        thread_turns, dm_turns = await _turn_texts(bot.store, thread), await _turn_texts(bot.store, dm)
+    assert sorted(response["text"] for response in fake.responses) == sorted(
+        [t("reset_where", "en"), t("reset_where", "ja"), t("reset_done", "en")])
+    assert thread_turns == ["about the thread"], "a slash command in a channel reset nothing"
+    assert dm_turns == [], "in a DM the conversation starts over"
 
 
 async def test_channel_chatter_without_mention_is_ignored(fake: FakeSlack, tmp_path: Path,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterable, Iterable
 
 from model_worker.scheduling.scheduler import Ticket
@@ -14,6 +15,8 @@ from model_worker.wire.protocol import (
     TokenEvent,
     Turn,
 )
+
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 #: Long enough that a request is certainly still running while a test acts on it (it gets cancelled).
 LONG = MAX_NEW_TOKENS_LIMIT
@@ -59,9 +62,13 @@ def reply_of(events: list[Event]) -> tuple[str, DoneEvent]:
 
 
 def metric_value(metrics_text: str, name: str, labels: str = "") -> float:
-    """One sample of a Prometheus text exposition (0 when absent)."""
-    wanted = f"{name}{{{labels}}}" if labels else name
+    """A metric of a Prometheus text exposition, summed over the samples that carry every one of
+    ``labels`` (``'code="busy"'`` or ``'code="busy",front_end="ndjson"'``); 0 when absent."""
+    wanted = set(_LABEL.findall(labels))
+    total = 0.0
     for line in metrics_text.splitlines():
-        if line.startswith(wanted + " "):
-            return float(line.split()[-1])
-    return 0.0
+        sample, _, value = line.rpartition(" ")
+        sample_name, _, sample_labels = sample.partition("{")
+        if sample_name == name and wanted <= set(_LABEL.findall(sample_labels)):
+            total += float(value)
+    return total

@@ -134,8 +134,9 @@ def test_the_kv_positions_option_caps_the_context_and_the_cache(make_engine):
     engine = make_engine(kv_cache_positions=300)
     assert engine.context_length == 300 and engine.kv_cache.max_positions == 300
     prompt = engine.prepare(request(1, max_new_tokens=1)).prompt_tokens
+    too_long = request(1, max_new_tokens=301 - prompt).model_copy(update={"long_question": "refuse"})
     with pytest.raises(EngineError):  # one position more than the cache holds
-        engine.prepare(request(1, max_new_tokens=301 - prompt))
+        engine.prepare(too_long)
     seq = engine.prepare(request(1, max_new_tokens=300 - prompt))
     engine.prefill([seq])
     while not seq.finished:

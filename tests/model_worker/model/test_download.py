@@ -196,3 +196,34 @@ def test_download_command_fills_a_loadable_weights_dir(weights_copy, tmp_path, m
                  "gpt-neox/spiece.model", "gpt-neox/config.json", "gpt-neox/tokenizer_config.json"):
         assert (dest / name).read_bytes() == (weights_copy / name).read_bytes(), name
     assert load_model(dest, device="cpu", use_cache=False).arch.vision.width == 32
+
+
+def test_downloads_are_pinned_after_the_first_and_a_changed_upstream_file_is_refused(weights_copy, tmp_path,
+                                                                                      monkeypatch, capsys):
+    from model_worker.__main__ import main
+    from model_worker.model.download import read_pins
+
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    mirror = TinyMirror(weights_copy)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "arch.json").write_bytes((weights_copy / "arch.json").read_bytes())
+    command = ["download", "--dest", str(dest), "--lavis-base-url", "", "--timeout", "5"]
+    with serve_app(mirror.app()) as base:
+        command[command.index("--lavis-base-url") + 1] = f"{base}/lavis"
+        assert main([*command, "--hub-endpoint", base]) == 0
+        pins = read_pins(dest)
+        assert pins["eva_vit_g.pth"] == hashlib.sha256((weights_copy / "eva_vit_g.pth").read_bytes()).hexdigest()
+        assert pins["rinna/bilingual-gpt-neox-4b"] == "0" * 40  # the commit the hub answered with
+
+        # Hub files missing later come from the pinned commit, whatever the newest is then.
+        (dest / "gpt-neox" / "spiece.model").unlink()
+        mirror.requests.clear()
+        assert main([*command, "--hub-endpoint", base]) == 0
+        assert any(f"/resolve/{'0' * 40}/spiece.model" in path for path in mirror.requests), mirror.requests
+
+        # Upstream changes a LAVIS file: downloading it again is refused.
+        (weights_copy / "eva_vit_g.pth").write_bytes(b"tampered" + (weights_copy / "eva_vit_g.pth").read_bytes())
+        (dest / "eva_vit_g.pth").unlink()
+        assert main([*command, "--hub-endpoint", base]) == 1
+    assert "failed its check" in capsys.readouterr().err and not (dest / "eva_vit_g.pth").exists()

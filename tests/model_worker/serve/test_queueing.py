@@ -6,6 +6,7 @@ The worker here runs one sequence at a time (``--max-batch-size 1``) so that req
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 
@@ -114,7 +115,7 @@ async def test_oversized_body_is_413(client, queueing_worker):
             event = parse_event(await response.read())
     assert event.code is ErrorCode.BAD_REQUEST and "larger" in event.message
     with pytest.raises(BadRequest):
-        await collect(client.chat(one_turn("x" * (2 * 2**20))))
+        await collect(client.chat(one_turn("a large photo", images=[os.urandom(2 * 2**20)])))
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics"])

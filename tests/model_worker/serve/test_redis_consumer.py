@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -157,6 +158,20 @@ async def test_shared_queue_positions_and_backpressure(client, queue_worker):
     rest_first = [e async for e in first]
     rest_second = [e async for e in second]
     assert rest_first[-1].text == "one" and rest_second[-1].text == "two"
+
+
+async def test_a_full_queue_refuses_a_job_before_its_images_are_uploaded(redis_server, client, keys):
+    bot = client(max_queue=1)
+    waiting = bot.chat(chat("first"))
+    assert await anext(waiting) == QueuedEvent(position=1)
+    image = png("teal")
+    with pytest.raises(WorkerBusy):
+        await ask(bot, chat("second", images=[ImageRef.from_bytes(image)]))
+    stored = connect(redis_server.url)
+    assert not await stored.exists(keys.image(hashlib.sha256(image).hexdigest()))
+    assert await stored.zcard(keys.reservations) == 0  # the place the first job held was used, none is left
+    await stored.aclose()
+    await waiting.aclose()
 
 
 async def test_a_worker_pulls_only_when_ready_and_reports_the_backlog(client, queue_worker):

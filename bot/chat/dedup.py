@@ -1,8 +1,9 @@
-"""Remember recently seen Slack deliveries so that none is answered twice.
+"""Remember recently seen deliveries so that no message is answered twice.
 
-One post can arrive several times: Slack retries an event it thinks was not acknowledged (same event id,
-``X-Slack-Retry-Num`` set), and a post that mentions the bot arrives both as ``app_mention`` and as
-``message`` (different event ids, same channel and ``ts``).
+Platforms deliver one message more than once: Slack retries an event it thinks was not acknowledged and
+sends a post that mentions the bot both as ``app_mention`` and as ``message``; Discord replays events after
+a gateway reconnect. The chat service records each message it is handed here, by platform, channel and
+message id, before it does anything else with it (the store's per-conversation check covers restarts).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections import OrderedDict
 
 
 class RecentDeliveries:
-    """A bounded memory of delivery keys (event ids and ``channel:ts`` pairs)."""
+    """A bounded memory of delivery keys, oldest forgotten first."""
 
     def __init__(self, *, capacity: int = 10_000) -> None:
         self._seen: OrderedDict[str, None] = OrderedDict()
