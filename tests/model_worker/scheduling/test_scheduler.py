@@ -62,6 +62,17 @@ async def test_a_request_is_prepared_while_the_batch_decodes(make_scheduler):
     assert (await collect(slow))[-1].text == "wait for it" and not engine.gate_timed_out
 
 
+async def test_a_preparation_that_hangs_makes_the_worker_unhealthy(make_scheduler):
+    engine = EchoEngine()
+    scheduler = make_scheduler(engine, step_timeout_s=0.05)
+    ticket = scheduler.submit(chat("wait forever"))
+    await asyncio.sleep(0.3)
+    assert "preparing a request has been running" in scheduler.stalled()
+    engine.gate.set()
+    assert (await collect(ticket))[-1].text == "wait forever"
+    assert scheduler.stalled() is None
+
+
 async def test_token_events_carry_several_tokens_when_steps_are_fast(make_scheduler):
     scheduler = make_scheduler(EchoEngine(step_s=0.0005))
     events = await collect(scheduler.submit(chat("t" * 400, max_new_tokens=400)))
