@@ -250,32 +250,40 @@ class ChatService:
                        max_mb=round(self._settings.max_image_bytes / 1_000_000)), kind="help")
 
     async def _answer_within_limits(self, ask: _Ask) -> AsyncIterator[Reply]:
-        exempt = ask.message.platform == "console" or self._access.is_admin(ask.message.author_id)
-        limited = None if exempt else self._limits.try_acquire(ask.user_key)
-        if limited is not None:
-            log.info("user %s limited (%s)", ask.user_key, limited.reason)
-            yield Notice(limited_text(limited, ask.lang), kind="limited")
-            return
-        try:
-            async with aclosing(self._answer_within_capacity(ask)) as replies:
-                async for reply in replies:
-                    yield reply
-        finally:
-            if not exempt:
-                self._limits.release(ask.user_key)
-
-    async def _answer_within_capacity(self, ask: _Ask) -> AsyncIterator[Reply]:
-        if not self._slots.try_take():
-            log.info("%d answers in progress, the most the worker takes: %s told busy", self._slots.limit,
-                     ask.user_key)
-            yield Notice(t("busy", ask.lang, seconds=round(BUSY_RETRY_AFTER_S)), kind="limited")
+        """Answer unless the user's own limits or the bot-wide bound say no (both before any download)."""
+        refusal = self._admit(ask)
+        if refusal is not None:
+            yield refusal
             return
         try:
             async with aclosing(self._answer(ask)) as replies:
                 async for reply in replies:
                     yield reply
         finally:
-            self._slots.give_back()
+            self._release(ask)
+
+    def _admit(self, ask: _Ask) -> Notice | None:
+        """Take the user's place and a bot-wide slot for this answer, or say why not."""
+        limited = None if self._exempt(ask) else self._limits.try_acquire(ask.user_key)
+        if limited is not None:
+            log.info("user %s limited (%s)", ask.user_key, limited.reason)
+            return Notice(limited_text(limited, ask.lang), kind="limited")
+        if not self._slots.try_take():
+            log.info("%d answers in progress, the most the worker takes: %s told busy", self._slots.limit,
+                     ask.user_key)
+            if not self._exempt(ask):
+                self._limits.release(ask.user_key)
+            return Notice(t("busy", ask.lang, seconds=round(BUSY_RETRY_AFTER_S)), kind="limited")
+        return None
+
+    def _release(self, ask: _Ask) -> None:
+        self._slots.give_back()
+        if not self._exempt(ask):
+            self._limits.release(ask.user_key)
+
+    def _exempt(self, ask: _Ask) -> bool:
+        """The console and administrators have no per-user limits (the bot-wide bound still holds)."""
+        return ask.message.platform == "console" or self._access.is_admin(ask.message.author_id)
 
     # ---- step 3-4: images, user turn, request ----
 

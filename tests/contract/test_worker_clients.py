@@ -4,6 +4,7 @@ and RedisWorkerClient (workers behind the shared queue), both serving the same t
 from __future__ import annotations
 
 import base64
+import functools
 
 import pytest
 
@@ -16,15 +17,13 @@ from model_worker.wire.protocol import (
     QueuedEvent,
     StartedEvent,
     TokenEvent,
-    Turn,
 )
+from tests.support.requests import one_turn
 
 pytestmark = pytest.mark.timeout(180)
 
 
-def greedy(text: str, *, images: list[ImageRef] | None = None, max_new_tokens: int = 12) -> ChatRequest:
-    return ChatRequest(conversation=[Turn(role="user", text=text, images=images or [])],
-                       generation={"max_new_tokens": max_new_tokens, "greedy": True})
+greedy = functools.partial(one_turn, max_new_tokens=12)
 
 
 @pytest.fixture(params=["http", "redis"])

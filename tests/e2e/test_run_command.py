@@ -11,8 +11,6 @@ from PIL import Image
 
 from bot.weights import WeightsUnavailable, ensure_weights
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _bot(tmp_path: Path, stdin: str, *args: str, **env: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("DISCORD_", "SLACK_", "WORKER_", "QUEUE_"))}

@@ -11,8 +11,8 @@ from PIL import Image
 
 from bot.chat.i18n import t
 from model_worker.wire.protocol import BUSY_RETRY_AFTER_S
+from tests.bot.adapters.slack.harness import ASK_CHANNEL, mention_event
 from tests.fakes.slack_fake import FakeSlack, events_envelope
-from tests.slack.harness import ASK_CHANNEL, mention_event
 
 BUSY = t("busy", "en", seconds=round(BUSY_RETRY_AFTER_S))
 

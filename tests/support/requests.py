@@ -32,10 +32,11 @@ def one_turn(text: str = "Tell me about the sea.", *, images: Iterable[bytes | I
                        generation={"greedy": greedy, "max_new_tokens": max_new_tokens, **generation}, **extra)
 
 
-def conversation(turns: list[Turn], *, max_new_tokens: int = 12, **generation: object) -> ChatRequest:
+def conversation(turns: list[Turn], *, user: str = "tester", max_new_tokens: int = 12,
+                 **generation: object) -> ChatRequest:
     """A greedy request for several turns."""
-    return ChatRequest(conversation=turns, generation={"greedy": True, "max_new_tokens": max_new_tokens,
-                                                       **generation})
+    return ChatRequest(user=user, conversation=turns,
+                       generation={"greedy": True, "max_new_tokens": max_new_tokens, **generation})
 
 
 async def collect(stream: AsyncIterable[Event] | Ticket) -> list[Event]:

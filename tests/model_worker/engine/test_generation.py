@@ -108,9 +108,12 @@ def test_bad_and_unknown_images_are_refused(engine):
     assert info.value.code == ErrorCode.UNKNOWN_IMAGE and info.value.extra["hashes"] == ["ab" * 32]
 
 
-def test_context_too_long(engine):
+def test_a_question_too_long_for_the_context_is_cut_or_refused(engine):
+    question = request(text="word " * 1200, max_new_tokens=1000)
+    seq = engine.prepare(question)
+    assert seq.question_cut and seq.prompt_tokens + 1000 <= engine.context_length
     with pytest.raises(EngineError) as info:
-        engine.prepare(request(text="word " * 1200, max_new_tokens=1000))
+        engine.prepare(question.model_copy(update={"long_question": "refuse"}))
     assert info.value.code == ErrorCode.CONTEXT_TOO_LONG
 
 

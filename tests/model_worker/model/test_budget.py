@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from model_worker.model.prompt import ContextTooLongError, build_prompt, fit_context, tokenize_prompt
+from model_worker.model.prompt import (
+    ContextTooLongError,
+    build_prompt,
+    fit_context,
+    fit_question,
+    tokenize_prompt,
+)
 from tests.model_worker.model.test_prompt import T
 
 Q = 4
@@ -49,6 +55,21 @@ def test_newest_turn_alone_too_long(loaded):
     with pytest.raises(ContextTooLongError) as info:
         fit_context(turns, tok, num_queries=Q, max_new_tokens=512, context_length=600)
     assert info.value.needed == length(turns[-1:], tok) and info.value.available == 88
+
+
+def test_a_question_too_long_on_its_own_is_cut_to_the_longest_start_that_fits(loaded):
+    tokenizer = loaded.tokenizer
+    turns = [T("user", "old question"), T("assistant", "old answer"), T("user", "word " * 400)]
+    cut = lambda turn, chars: T(turn.role, turn.text[:chars])  # noqa: E731
+    kept, prompt, was_cut = fit_question(turns, tokenizer, num_queries=4, max_new_tokens=100,
+                                         context_length=300, cut=cut)
+    assert was_cut and len(kept) == 1 and turns[-1].text.startswith(kept[0].text)
+    assert prompt.length + 100 <= 300
+    one_more = [T("user", turns[-1].text[:len(kept[0].text) + 1])]
+    with pytest.raises(ContextTooLongError):  # the longest start that fits: one more character does not
+        fit_context(one_more, tokenizer, num_queries=4, max_new_tokens=100, context_length=300)
+    with pytest.raises(ContextTooLongError):
+        fit_question(turns, tokenizer, num_queries=4, max_new_tokens=100, context_length=300, cut=None)
 
 
 class CountingTokenizer:

@@ -4,19 +4,18 @@ reuse the image and the history (its metrics say so), and images cross the queue
 from __future__ import annotations
 
 import asyncio
+import functools
 from pathlib import Path
 
 import pytest
 
 from bot.worker_client.image_refs import ImageRefClient
-from model_worker.wire.protocol import ChatRequest, ImageRef, Turn
+from model_worker.wire.protocol import ImageRef, Turn
 from tests.support.images import png
-from tests.support.requests import collect, metric_value, reply_of
+from tests.support.requests import collect, conversation, metric_value, reply_of
 from tests.support.worker import run_worker
 
-
-def greedy(turns: list[Turn], *, max_new_tokens: int = 12) -> ChatRequest:
-    return ChatRequest(user="u", conversation=turns, generation={"greedy": True, "max_new_tokens": max_new_tokens})
+greedy = functools.partial(conversation, user="u")
 
 
 async def scrape(handle) -> str:

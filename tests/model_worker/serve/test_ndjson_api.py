@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import base64
-import io
 import os
 import stat
 
 import pytest
-from PIL import Image
 
 from bot.worker_client.base import BadImage, BadRequest
 from model_worker.wire.protocol import NDJSON, ErrorCode, FinishReason, QueuedEvent, StartedEvent, parse_event
+from tests.support.images import png
 from tests.support.requests import collect, metric_value, one_turn, reply_of
 
 
@@ -87,12 +86,6 @@ async def test_malformed_request_is_400_with_reason(worker, body, reason):
     assert event.code is ErrorCode.BAD_REQUEST and reason in event.message
 
 
-def _png_bytes() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (32, 24), (200, 30, 30)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 @pytest.mark.parametrize("image", [
     {"data": "this is not base64!"},
     {"data": base64.b64encode(b"plain text, not an image").decode()},
@@ -103,7 +96,7 @@ async def test_bad_image_is_rejected(worker, image):
         with pytest.raises(BadImage):
             await collect(client.chat(one_turn("What is this?", images=[image])))
         # The worker carries on: the same conversation with a real picture is answered.
-        good = {"data": base64.b64encode(_png_bytes()).decode()}
+        good = {"data": base64.b64encode(png((200, 30, 30), size=(32, 24))).decode()}
         streamed, done = reply_of(await collect(client.chat(one_turn("What is this?", images=[good]))))
     finally:
         await client.close()

@@ -10,8 +10,8 @@ import pytest
 
 from bot.chat.i18n import t
 from bot.chat.messages import Failed, Final, Placeholder
-from tests.chat.conftest import ChatHarness, make_settings
-from tests.chat.shapes import dm
+from tests.bot.chat.conftest import ChatHarness, make_settings
+from tests.support.shapes import dm
 from tests.support.worker import run_worker
 
 

@@ -12,10 +12,10 @@ from bot.chat.i18n import t
 from bot.chat.images import ImageLimits, normalise_image
 from bot.chat.messages import Failed, Final, Notice, OpenThread, Placeholder, Reply, Streaming
 from bot.chat.splitting import prepare_parts
-from tests.chat import hostile_images as h
-from tests.chat.conftest import DISCORD_PROFILE, SLACK_PROFILE, ChatHarness
-from tests.chat.prompt_check import worker_prompt
-from tests.chat.shapes import (
+from tests.bot.chat.conftest import DISCORD_PROFILE, SLACK_PROFILE, ChatHarness
+from tests.bot.chat.prompt_check import worker_prompt
+from tests.support import hostile_images as h
+from tests.support.shapes import (
     attachment,
     discord_in_thread,
     discord_mention,

@@ -17,7 +17,7 @@ from bot.chat.service import ChatService
 from bot.chat.store import Store
 from bot.settings import Settings, SettingsError
 from bot.worker_client.http import HttpWorkerClient
-from tests.discord.harness import discord_settings, running_bot
+from tests.bot.adapters.discord.harness import discord_settings, running_bot
 from tests.fakes.discord_fake import FakeDiscord
 
 

@@ -13,10 +13,10 @@ from bot.chat.i18n import t
 from bot.chat.messages import Failed, Final, OpenThread, Placeholder
 from bot.chat.splitting import prepare_parts
 from bot.worker_client.http import HttpWorkerClient
+from tests.bot.adapters.slack.harness import RENDER_CHANNEL as CHANNEL
+from tests.bot.adapters.slack.harness import RENDER_ROOT as ROOT
+from tests.bot.adapters.slack.harness import running_bot, slack_rendering, slack_settings
 from tests.fakes.slack_fake import FakeSlack, action_envelope
-from tests.slack.harness import RENDER_CHANNEL as CHANNEL
-from tests.slack.harness import RENDER_ROOT as ROOT
-from tests.slack.harness import running_bot, slack_rendering, slack_settings
 
 
 def _parts(text: str) -> tuple[str, ...]:

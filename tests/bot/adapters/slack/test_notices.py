@@ -12,8 +12,8 @@ from bot.chat.service import ChatService
 from bot.chat.store import ConversationKey, Store
 from bot.settings import SettingsError
 from bot.worker_client.http import HttpWorkerClient
+from tests.bot.adapters.slack.harness import mention_event, message_event, running_bot, slack_settings
 from tests.fakes.slack_fake import BOT_TOKEN, TEAM_ID, FakeSlack, command_envelope, events_envelope
-from tests.slack.harness import mention_event, message_event, running_bot, slack_settings
 
 CHANNEL = "C0GENERAL"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 32

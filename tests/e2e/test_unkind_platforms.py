@@ -22,11 +22,11 @@ from PIL import Image
 
 from bot.chat.failures import rejected_image_text
 from bot.chat.images import Rejected
-from tests.chat.waiting import eventually
-from tests.discord import harness as discord_harness
+from tests.bot.adapters.discord import harness as discord_harness
+from tests.bot.adapters.slack import harness as slack_harness
 from tests.fakes.bodies import Delivery, SentBody
-from tests.slack import harness as slack_harness
 from tests.support.recording import RecordingWorker
+from tests.support.waiting import eventually
 
 MAX_IMAGE_BYTES = 20_000_000  # the default cap
 

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-
-from PIL import Image
 
 from bot.adapters.discord import run_discord
 from bot.adapters.discord.client import ChatClient, point_at_endpoints
@@ -26,12 +23,6 @@ from bot.worker_client.base import WorkerClient
 from tests.fakes.bodies import Delivery, SentBody
 from tests.fakes.discord_fake import FakeDiscord, RecordedRequest
 from tests.support.recording import RecordingWorker
-
-
-def png_bytes(size: tuple[int, int] = (64, 48), colour: str = "orange") -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, colour).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def discord_settings(fake: FakeDiscord, data_dir: Path, **overrides: object) -> Settings:

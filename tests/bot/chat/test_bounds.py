@@ -24,12 +24,12 @@ from model_worker.wire.protocol import (
     MAX_TURN_CHARS,
     MAX_TURNS,
 )
-from tests.chat.conftest import DISCORD_PROFILE, ChatHarness
-from tests.chat.shapes import dm
-from tests.slack.harness import running_chat
+from tests.bot.adapters.slack.harness import running_chat
+from tests.bot.chat.conftest import DISCORD_PROFILE, ChatHarness
 from tests.support.crowd import Crowd
 from tests.support.images import png
 from tests.support.recording import RecordingWorker
+from tests.support.shapes import dm
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -10,8 +10,8 @@ from pathlib import Path
 from bot.chat.conversations import conversation_key
 from bot.chat.i18n import t
 from bot.chat.messages import Failed, Final, IncomingMessage, Membership, MembershipLookup, Notice, Streaming
-from tests.chat.conftest import SLACK_PROFILE, ChatHarness
-from tests.chat.shapes import discord_in_thread, discord_mention, dm, slack_mention
+from tests.bot.chat.conftest import SLACK_PROFILE, ChatHarness
+from tests.support.shapes import discord_in_thread, discord_mention, dm, slack_mention
 from tests.support.worker import run_worker
 
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 from bot.chat.i18n import t
 from bot.chat.images import ACCEPTED_TYPES
 from bot.chat.splitting import prepare_parts
-from tests.discord.harness import (
+from tests.bot.adapters.discord.harness import (
     assert_no_pings,
-    png_bytes,
     running_bot,
     sends_and_edits,
     settled_answer,
 )
 from tests.fakes.discord_fake import FakeDiscord
+from tests.support.images import png
 
 
 def shown(text: str) -> list[str]:
@@ -24,7 +24,7 @@ def shown(text: str) -> list[str]:
 async def test_mention_with_photo_opens_thread_and_follow_up_continues(fake_discord, recording_worker, tmp_path):
     fake, worker = fake_discord, recording_worker
     async with running_bot(fake, worker, tmp_path):
-        photo = fake.add_attachment("cat.png", png_bytes(), "image/png", width=64, height=48)
+        photo = fake.add_attachment("cat.png", png("orange", size=(64, 48)), "image/png", width=64, height=48)
         question = await fake.post_user_message("What is in this picture?", mention_bot=True,
                                                 attachments=[photo])
         thread_id = int(question["id"])  # a thread started from a message shares its id

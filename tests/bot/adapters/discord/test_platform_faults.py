@@ -10,7 +10,7 @@ import pytest
 from bot.chat.failures import not_allowed_text
 from bot.chat.i18n import t
 from bot.chat.splitting import prepare_parts
-from tests.discord.harness import running_bot, settled_answer
+from tests.bot.adapters.discord.harness import running_bot, settled_answer
 from tests.fakes.discord_fake import FakeDiscord
 
 MISSING_PERMISSIONS = {"status": 403, "code": 50013, "message": "Missing Permissions"}

@@ -23,11 +23,11 @@ import pytest
 from bot.chat.i18n import t
 from bot.chat.messages import Failed, Final, OpenThread, Placeholder, PlatformProfile, Reply, Streaming
 from bot.chat.splitting import prepare_parts
-from tests.chat.waiting import eventually
-from tests.discord.harness import discord_rendering
+from tests.bot.adapters.discord.harness import discord_rendering
+from tests.bot.adapters.slack.harness import slack_rendering
 from tests.fakes.discord_fake import FakeDiscord
 from tests.fakes.slack_fake import FakeSlack
-from tests.slack.harness import slack_rendering
+from tests.support.waiting import eventually
 
 RID = "req-layout"
 FAST_EDITS_S = 0.2  # the table checks what is shown, not the pace: edits may follow each other quickly

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from pathlib import Path
 
@@ -14,16 +13,11 @@ from slack_sdk.signature import SignatureVerifier
 from bot.adapters.slack import EVENTS_PATH
 from bot.chat.i18n import t
 from bot.worker_client.http import HttpWorkerClient
+from tests.bot.adapters.slack.harness import mention_event, running_bot, slack_settings
 from tests.fakes.slack_fake import FakeSlack, event_callback
-from tests.slack.harness import mention_event, running_bot, slack_settings
+from tests.support.ports import free_port
 
 SIGNING_SECRET = "fake-signing-secret"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _signed_headers(body: str, secret: str) -> dict[str, str]:
@@ -46,7 +40,7 @@ async def _post_when_listening(url: str, body: str, headers: dict[str, str]) -> 
 
 async def test_badly_signed_request_is_rejected_and_well_signed_one_answered(
         fake: FakeSlack, tmp_path: Path, idle_worker: HttpWorkerClient) -> None:
-    port = _free_port()
+    port = free_port()
     settings = slack_settings(fake, tmp_path, slack_mode="http", slack_signing_secret=SIGNING_SECRET,
                               slack_http_host="127.0.0.1", slack_http_port=port, slack_app_token=None)
     url = f"http://127.0.0.1:{port}{EVENTS_PATH}"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from bot.chat.messages import Final, OpenThread, Placeholder, Streaming
 from bot.chat.splitting import prepare_parts
-from tests.discord.harness import assert_no_pings, discord_rendering, sends_and_edits
+from tests.bot.adapters.discord.harness import assert_no_pings, discord_rendering, sends_and_edits
 
 LONG_ANSWER = ("@everyone look at <@1234567890> and <@&987654321>. " + "The quick brown fox jumps. " * 200)[:5000]
 

@@ -7,8 +7,8 @@ from dataclasses import replace
 
 from bot.chat.dedup import RecentDeliveries
 from bot.chat.messages import Final
-from tests.chat.conftest import SLACK_PROFILE, ChatHarness
-from tests.chat.shapes import discord_mention, slack_mention
+from tests.bot.chat.conftest import SLACK_PROFILE, ChatHarness
+from tests.support.shapes import discord_mention, slack_mention
 
 
 def test_a_key_seen_before_is_not_fresh_and_old_keys_are_forgotten() -> None:

@@ -10,8 +10,8 @@ import pytest
 
 from bot.chat.i18n import t
 from bot.worker_client.http import HttpWorkerClient
+from tests.bot.adapters.slack.harness import mention_event, message_event, running_bot, slack_settings
 from tests.fakes.slack_fake import TEAM_ID, FakeSlack, events_envelope
-from tests.slack.harness import mention_event, message_event, running_bot, slack_settings
 
 
 @pytest.mark.parametrize(("error", "hint"), [

@@ -13,11 +13,10 @@ from bot.adapters.console import run_console
 from bot.chat.i18n import t
 from bot.chat.service import ChatService
 from bot.chat.store import Store
-from tests.chat import hostile_images as h
-from tests.chat.conftest import make_settings
+from tests.bot.chat.conftest import make_settings
+from tests.support import hostile_images as h
+from tests.support.processes import ROOT as REPO
 from tests.support.recording import RecordingWorker
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_console_session_attaches_an_image_answers_resets_and_quits(tmp_path: Path, worker) -> None:

@@ -6,7 +6,7 @@ import stat
 from pathlib import Path
 
 from bot.chat.store import ConversationKey, Store
-from tests.chat.test_store import Clock
+from tests.bot.chat.test_store import Clock
 
 KEY = ConversationKey("discord", "g1", "c1", "t1")
 

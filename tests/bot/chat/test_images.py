@@ -10,7 +10,7 @@ from PIL import Image
 from bot.chat.failures import rejected_image_text
 from bot.chat.images import ImageLimits, NormalisedImage, Rejected, intake_attachment, intake_attachments
 from bot.chat.messages import AttachmentAccessError, AttachmentRef
-from tests.chat import hostile_images as h
+from tests.support import hostile_images as h
 
 LIMITS = ImageLimits(max_bytes=20_000_000, max_pixels=50_000_000, max_side=2048)
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 from bot.chat.failures import not_allowed_text, rejected_image_text
 from bot.chat.images import Rejected
 from bot.chat.splitting import prepare_parts
-from tests.discord.harness import png_bytes, running_bot, settled_answer
+from tests.bot.adapters.discord.harness import running_bot, settled_answer
+from tests.support.images import png
 
 MAX_IMAGE_BYTES = 1_000_000
 
@@ -16,7 +17,7 @@ async def test_non_image_and_oversized_image_are_refused_before_download(fake_di
     fake, worker = fake_discord, recording_worker
     async with running_bot(fake, worker, tmp_path, max_image_bytes=MAX_IMAGE_BYTES):
         notes = fake.add_attachment("notes.txt", b"just some text", "text/plain")
-        huge = fake.add_attachment("huge.png", png_bytes(), "image/png", width=9000, height=9000,
+        huge = fake.add_attachment("huge.png", png("orange", size=(64, 48)), "image/png", width=9000, height=9000,
                                    declared_size=25_000_000)
         question = await fake.post_user_message("Look at these", mention_bot=True, attachments=[notes, huge])
         thread_id = int(question["id"])
@@ -46,7 +47,7 @@ async def test_a_reply_without_images_uses_the_images_of_the_message_it_replies_
                                                                                  recording_worker, tmp_path):
     fake, worker = fake_discord, recording_worker
     async with running_bot(fake, worker, tmp_path):
-        photo = fake.add_attachment("dog.png", png_bytes(colour="brown"), "image/png", width=64, height=48)
+        photo = fake.add_attachment("dog.png", png("brown", size=(64, 48)), "image/png", width=64, height=48)
         shared = await fake.post_user_message("", attachments=[photo])  # not for the bot: no answer
         question = await fake.post_user_message("What is in that photo?", mention_bot=True,
                                                 reply_to=int(shared["id"]))

@@ -3,11 +3,8 @@ process on tiny random weights, and the fake Slack recording what the bot sends.
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
-
-from PIL import Image
 
 from bot.adapters.slack.listeners import SLACK_PROFILE
 from bot.adapters.slack.views import STOP_ACTION_ID, to_mrkdwn
@@ -15,6 +12,7 @@ from bot.chat.i18n import t
 from bot.chat.splitting import prepare_parts
 from bot.chat.store import ConversationKey, Store
 from bot.worker_client.http import HttpWorkerClient
+from tests.bot.adapters.slack.harness import mention_event, message_event, running_bot, slack_settings
 from tests.fakes.slack_fake import (
     BOT_TOKEN,
     BOT_USER_ID,
@@ -24,16 +22,10 @@ from tests.fakes.slack_fake import (
     action_envelope,
     events_envelope,
 )
-from tests.slack.harness import mention_event, message_event, running_bot, slack_settings
+from tests.support.images import png
 
 CHANNEL = "C0GENERAL"
 PLACEHOLDERS = {t("placeholder_waiting", "en"), t("queued", "en", position=1), t("started", "en")}
-
-
-def _png() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (40, 30), (200, 40, 40)).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 async def _turns(store: Store, root_ts: str) -> list:
@@ -60,7 +52,7 @@ async def test_mention_with_image_then_follow_up_in_thread(fake: FakeSlack, tmp_
                                                            live_worker: HttpWorkerClient) -> None:
     root = "3.000100"
     async with running_bot(fake, slack_settings(fake, tmp_path), live_worker) as bot:
-        entry = fake.add_file("cat.png", "image/png", _png())
+        entry = fake.add_file("cat.png", "image/png", png((200, 40, 40), size=(40, 30)))
         question = "What is in this picture?"
         # one post that mentions the bot arrives as app_mention and as message.channels
         await fake.push(events_envelope(mention_event(question, ts=root, files=[entry]), event_id="EvA1"))
