@@ -65,7 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-body-mb", type=positive(float), default=DEFAULT_MAX_BODY_BYTES / 2**20,
                         help=f"largest request body accepted, images included (default {DEFAULT_MAX_BODY_BYTES // 2**20})")
     parser.add_argument("--step-timeout", type=positive(float), default=None, metavar="SECONDS",
-                        help="the watchdog: when one engine step runs longer than this, /healthz turns unhealthy "
+                        help="the watchdog: when one engine step (or a request's preparation) runs longer than "
+                             "this, /healthz turns unhealthy "
                              "so that a supervisor replaces the worker (default 120 on CUDA, 900 on CPU)")
     parser.add_argument("--allow-remote-images", action="store_true",
                         help="let the OpenAI-compatible API fetch http(s) image URLs (at most "

@@ -1,200 +1,121 @@
-"""The running batch: one KV cache for every decoding sequence, advanced by one forward per step.
+"""The running batch: every decoding sequence in its own slot of one static KV cache, one forward per step.
 
-Rows are left-padded to a common length, as transformers' ``generate`` does for a padded batch: the
-attention mask is zero over each row's padding and every row gets its own true position, so GPT-NeoX's
-rotary embedding (computed from ``position_ids``) and the causal mask (computed from the cache length)
-give each row the same result it would get alone. A sequence is prefilled on its own and joins with its
-own unpadded KV; one that ends leaves at once, and padding columns no row needs any more are trimmed.
+A sequence is prefilled on its own and joins with its own KV, copied once into the lowest free slot; it
+leaves by freeing the slot (its KV is copied out only when the prefix cache wants it). A step feeds the
+slots ``0..rows-1`` (up to the highest slot that advances): each row writes its new key and value at its
+own next column and attends only to its own columns (a boolean mask) at its own rotary position, so
+every sequence gets the result it would get alone (transformers' ``generate`` does the same for a padded
+batch). A slot in that range that does not advance (free, or a sequence the scheduler holds back)
+computes a throw-away row: it writes at that slot's next free column, which its sequence overwrites when
+it advances again before anything reads it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
-from transformers import DynamicCache, PretrainedConfig
 
+from model_worker.engine.kv_cache import KV, StaticKVCache, kv_length
 from model_worker.engine.sequence import Sequence
 
-#: Per layer (keys, values), each ``[rows, heads, length, head_dim]``.
-KV = list[tuple[torch.Tensor, torch.Tensor]]
-#: One decode step: ``(input_ids=, position_ids=, attention_mask=, cache=)`` -> logits ``[rows, vocab]``,
-#: appending the step's keys and values to ``cache`` in place.
-Decoder = Callable[..., torch.Tensor]
+
+@dataclass(frozen=True)
+class StepInputs:
+    """One decode step over the slots ``0..rows-1``."""
+
+    input_ids: torch.Tensor  # [rows, 1] each row's newest token (0 for a row that does not advance)
+    positions: torch.Tensor  # [rows] each row's rotary position, which is also the column it writes
+    write_index: torch.Tensor  # where the rows' new keys and values go (StaticKVCache.write_index)
+    mask: torch.Tensor | None  # [rows, 1, 1, width] bool, column c visible to row r iff c <= positions[r]
+    width: int  # columns attention reads
+
+    @property
+    def rows(self) -> int:
+        return self.input_ids.shape[0]
 
 
-def library_decoder(llm: torch.nn.Module) -> Decoder:
-    """The decode step as transformers' own forward."""
+class Decoder(Protocol):
+    """One decode step: writes each row's new KV into the cache and returns next-token logits
+    ``[rows, vocab]``."""
 
-    def step(**inputs: torch.Tensor | DynamicCache | None) -> torch.Tensor:
-        return llm(**inputs, use_cache=True).logits[:, -1]
+    def shape_for(self, rows: int, width: int) -> tuple[int, int]:
+        """The (rows, width) this decoder runs for a step that needs ``rows`` and ``width`` (at least)."""
 
-    return step
-
-
-def kv_of(cache: DynamicCache) -> KV:
-    """The tensors a cache holds, per layer."""
-    return [(layer.keys, layer.values) for layer in cache.layers]
-
-
-def cache_of(kv: KV | None, config: PretrainedConfig) -> DynamicCache:
-    """A fresh cache holding ``kv`` (empty when ``kv`` is None)."""
-    cache = DynamicCache(config=config)
-    for index, (keys, values) in enumerate(kv or []):
-        cache.update(keys, values, index)
-    return cache
-
-
-def crop_kv(kv: KV, length: int) -> KV:
-    """The first ``length`` positions of every layer (views, no copy)."""
-    return [(keys[:, :, :length], values[:, :, :length]) for keys, values in kv]
-
-
-def kv_length(kv: KV) -> int:
-    return kv[0][0].shape[2] if kv else 0
-
-
-def _left_pad(tensor: torch.Tensor, width: int) -> torch.Tensor:
-    missing = width - tensor.shape[2]
-    if missing <= 0:
-        return tensor
-    pad = tensor.new_zeros(tensor.shape[0], tensor.shape[1], missing, tensor.shape[3])
-    return torch.cat([pad, tensor], dim=2)
+    def __call__(self, step: StepInputs, cache: StaticKVCache) -> torch.Tensor: ...
 
 
 class DecodeBatch:
-    """The sequences decoding together, their lengths, and the shared left-padded KV cache."""
+    """The sequences decoding together, their slots and lengths in the static KV cache."""
 
-    def __init__(self, config: PretrainedConfig, *, device: torch.device) -> None:
-        self._config = config
-        self._device = device
-        self.rows: list[Sequence] = []
-        self._lengths: list[int] = []  # real positions held per row
-        self._cache: DynamicCache | None = None
-        self._width = 0  # columns of the cache (the longest row)
+    def __init__(self, cache: StaticKVCache) -> None:
+        self.cache = cache
+        self._slots: list[Sequence | None] = [None] * cache.max_slots
+        self._lengths = [0] * cache.max_slots  # positions held per slot
+        self._slot_of: dict[Sequence, int] = {}
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self._slot_of)
 
     def __contains__(self, seq: object) -> bool:
-        return any(row is seq for row in self.rows)
+        return seq in self._slot_of
 
     @property
-    def width(self) -> int:
-        return self._width
+    def rows(self) -> list[Sequence]:
+        """The sequences in the batch, in slot order."""
+        return [seq for seq in self._slots if seq is not None]
+
+    @property
+    def free(self) -> int:
+        """Slots no sequence holds."""
+        return len(self._slots) - len(self._slot_of)
+
+    def length(self, seq: Sequence) -> int:
+        """Positions of KV the sequence holds."""
+        return self._lengths[self._slot_of[seq]]
 
     def join(self, entries: list[tuple[Sequence, KV]]) -> None:
-        """Add sequences with their own unpadded KV ``[1, heads, length, head_dim]``."""
-        if not entries:
-            return
-        width = max([self._width] + [kv_length(kv) for _, kv in entries])
-        layers = kv_of(self._cache) if self._cache is not None else None
-        merged: KV = []
-        for index in range(len(entries[0][1])):
-            parts_k = [_left_pad(layers[index][0], width)] if layers else []
-            parts_v = [_left_pad(layers[index][1], width)] if layers else []
-            parts_k += [_left_pad(kv[index][0], width) for _, kv in entries]
-            parts_v += [_left_pad(kv[index][1], width) for _, kv in entries]
-            merged.append((torch.cat(parts_k, dim=0), torch.cat(parts_v, dim=0)))
-        self._cache = cache_of(merged, self._config)
-        self._width = width
+        """Add sequences with their own KV ``[1, heads, length, head_dim]`` (copied into free slots)."""
         for seq, kv in entries:
-            self.rows.append(seq)
-            self._lengths.append(kv_length(kv))
+            if not self.free:
+                raise RuntimeError("no free slot in the decode batch")
+            slot = self._slots.index(None)
+            length = kv_length(kv)
+            self.cache.reserve(slot + 1, length + 1)
+            self.cache.load(slot, kv)
+            self._slots[slot], self._lengths[slot] = seq, length
+            self._slot_of[seq] = slot
 
     def leave(self, seq: Sequence, *, keep_kv: bool = False) -> KV | None:
-        """Take a sequence out; returns its own unpadded KV (a copy) when ``keep_kv``."""
-        index = next(i for i, row in enumerate(self.rows) if row is seq)
-        length = self._lengths[index]
-        start = self._width - length
-        own = None
-        if keep_kv and self._cache is not None:
-            own = [(k[index:index + 1, :, start:].clone(), v[index:index + 1, :, start:].clone())
-                   for k, v in kv_of(self._cache)]
-        del self.rows[index], self._lengths[index]
-        self._drop_row(index)
+        """Free a sequence's slot; returns a copy of its own KV when ``keep_kv``."""
+        slot = self._slot_of.pop(seq)
+        own = self.cache.read(slot, self._lengths[slot]) if keep_kv else None
+        self._slots[slot], self._lengths[slot] = None, 0
         return own
 
-    def _drop_row(self, index: int) -> None:
-        if not self.rows:
-            self._cache, self._width = None, 0
-            return
-        keep = torch.tensor([i for i in range(len(self.rows) + 1) if i != index], device=self._device)
-        trim = self._width - max(self._lengths)  # columns that are padding in every remaining row
-        for layer in self._cache.layers:
-            layer.keys = layer.keys.index_select(0, keep)[:, :, trim:]
-            layer.values = layer.values.index_select(0, keep)[:, :, trim:]
-        self._width -= trim
+    def step(self, decoder: Decoder, seqs: list[Sequence], tokens: list[int]) -> torch.Tensor:
+        """Feed each of ``seqs`` (all in the batch) its next token; returns their logits ``[len(seqs), vocab]``
+        in the order given."""
+        slots = [self._slot_of[seq] for seq in seqs]
+        rows, width = decoder.shape_for(max(slots) + 1, max(self._lengths[s] for s in slots) + 1)
+        self.cache.reserve(rows, max(width, max(self._lengths[:rows]) + 1))
+        logits = decoder(self._inputs(slots, tokens, rows, width), self.cache)
+        for slot in slots:
+            self._lengths[slot] += 1
+        if slots == list(range(len(slots))):
+            return logits[:len(slots)]
+        return logits[torch.tensor(slots, device=logits.device)]
 
-    def step(self, decoder: Decoder, tokens: list[int]) -> torch.Tensor:
-        """Feed each row its next token (in row order); returns the next-token logits ``[rows, vocab]``."""
-        lengths = torch.tensor(self._lengths, dtype=torch.long, device=self._device)
-        input_ids = torch.tensor(tokens, dtype=torch.long, device=self._device).unsqueeze(1)
-        logits = decoder(input_ids=input_ids, position_ids=lengths.unsqueeze(1),
-                         attention_mask=self._attention_mask(lengths), cache=self._cache)
-        self._width += 1
-        self._lengths = [length + 1 for length in self._lengths]
-        return logits
-
-    def _attention_mask(self, lengths: torch.Tensor) -> torch.Tensor | None:
-        """``[rows, width + 1]``: zero over each row's left padding; None when no row is padded."""
-        if all(length == self._width for length in self._lengths):
-            return None  # as a sequence alone: the plain causal mask
-        columns = torch.arange(self._width + 1, device=self._device)
-        return (columns.unsqueeze(0) >= (self._width - lengths).unsqueeze(1)).long()
-
-
-def prefill_together(model: torch.nn.Module, config: PretrainedConfig,
-                     rows: list[tuple[KV | None, torch.Tensor]]) -> tuple[list[KV], torch.Tensor]:
-    """Run several prompts' new positions in one forward, each after its own cached prefix.
-
-    ``rows`` holds each prompt's prefix KV (or None) and the embeddings ``[new, hidden]`` of its remaining
-    positions. Prefixes are left-padded to a common width and the new positions right-aligned behind them,
-    so every row's last position is the last column; padding and the gap before a shorter row's new
-    positions are masked out, and positions continue each row's own prefix. Returns each row's own
-    contiguous KV (prefix + new) and the next-token logits ``[rows, vocab]``.
-    """
-    prefix_lengths = [kv_length(kv) if kv else 0 for kv, _ in rows]
-    new_lengths = [embeds.shape[0] for _, embeds in rows]
-    width, new = max(prefix_lengths), max(new_lengths)
-    device = rows[0][1].device
-    valid = torch.zeros(len(rows), width + new, dtype=torch.bool, device=device)
-    positions = torch.zeros(len(rows), new, dtype=torch.long, device=device)
-    inputs = rows[0][1].new_zeros(len(rows), new, rows[0][1].shape[1])
-    for index, ((_, embeds), prefix, count) in enumerate(zip(rows, prefix_lengths, new_lengths, strict=True)):
-        valid[index, width - prefix:width] = True
-        valid[index, width + new - count:] = True
-        positions[index, new - count:] = torch.arange(prefix, prefix + count, device=device)
-        inputs[index, new - count:] = embeds
-    cache = cache_of(_stacked_prefixes([kv for kv, _ in rows], width) if width else None, config)
-    output = model(inputs_embeds=inputs, position_ids=positions, attention_mask=_prefill_mask(valid, width),
-                   cache=cache, use_cache=True, logits_to_keep=1)
-    layers = kv_of(output.cache)
-    own = [[(k[i:i + 1, :, valid[i]], v[i:i + 1, :, valid[i]]) for k, v in layers] for i in range(len(rows))]
-    return own, output.logits[:, -1]
-
-
-def _stacked_prefixes(prefixes: list[KV | None], width: int) -> KV:
-    """Every row's prefix left-padded to ``width`` and stacked (zeros for a row without one)."""
-    template = next(kv for kv in prefixes if kv)
-    layers: KV = []
-    for index, (k0, v0) in enumerate(template):
-        empty_k = k0.new_zeros(1, k0.shape[1], width, k0.shape[3])
-        empty_v = v0.new_zeros(1, v0.shape[1], width, v0.shape[3])
-        keys = [_left_pad(kv[index][0], width) if kv else empty_k for kv in prefixes]
-        values = [_left_pad(kv[index][1], width) if kv else empty_v for kv in prefixes]
-        layers.append((torch.cat(keys), torch.cat(values)))
-    return layers
-
-
-def _prefill_mask(valid: torch.Tensor, width: int) -> torch.Tensor:
-    """``[rows, 1, new, width + new]`` boolean: causal over valid columns; a padding query sees itself
-    (so no row of the softmax is empty; nothing real ever attends to it)."""
-    rows, columns = valid.shape
-    new = columns - width
-    query_column = torch.arange(width, columns, device=valid.device).unsqueeze(1)  # [new, 1]
-    column = torch.arange(columns, device=valid.device).unsqueeze(0)  # [1, columns]
-    causal = column <= query_column
-    mask = valid.unsqueeze(1) & causal.unsqueeze(0)
-    mask |= (column == query_column).unsqueeze(0)
-    return mask.view(rows, 1, new, columns)
+    def _inputs(self, slots: list[int], tokens: list[int], rows: int, width: int) -> StepInputs:
+        device = self.cache.device
+        ids = [0] * rows
+        for slot, token in zip(slots, tokens, strict=True):
+            ids[slot] = token
+        positions = self._lengths[:rows]
+        positions_t = torch.tensor(positions, device=device)
+        every_row_alike = len(slots) == rows and len(set(positions)) == 1 and width == positions[0] + 1
+        mask = None if every_row_alike else (
+            torch.arange(width, device=device) <= positions_t.unsqueeze(1)).view(rows, 1, 1, width)
+        return StepInputs(input_ids=torch.tensor(ids, device=device).unsqueeze(1), positions=positions_t,
+                          write_index=self.cache.write_index(rows, positions_t), mask=mask, width=width)

@@ -1,11 +1,14 @@
 """Image embeddings by content hash (SHA-256 of the image bytes): an image is encoded once, then reused.
 
-Bounded by a number of entries and a number of bytes; the least recently used entry goes first.
+Bounded by a number of entries and a number of bytes; the least recently used entry goes first. A lock
+makes it safe to share between the thread that prepares requests (looks embeddings up) and the engine
+thread (stores new ones).
 """
 
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
 
 import torch
@@ -24,12 +27,14 @@ class ImageEmbeddingCache:
         self.max_bytes = max_bytes
         self._entries: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._bytes = 0
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def __contains__(self, key: str) -> bool:
-        return key in self._entries
+        with self._lock:
+            return key in self._entries
 
     @property
     def bytes(self) -> int:
@@ -37,24 +42,26 @@ class ImageEmbeddingCache:
 
     def get(self, key: str) -> torch.Tensor | None:
         """The embedding for a hash (now the most recently used), or None."""
-        embedding = self._entries.get(key)
-        if embedding is not None:
-            self._entries.move_to_end(key)
-        return embedding
+        with self._lock:
+            embedding = self._entries.get(key)
+            if embedding is not None:
+                self._entries.move_to_end(key)
+            return embedding
 
     def put(self, key: str, embedding: torch.Tensor) -> None:
         """Keep an embedding, evicting the least recently used ones beyond the bounds."""
         size = _size(embedding)
         if size > self.max_bytes or self.max_entries <= 0:
             return
-        old = self._entries.pop(key, None)
-        if old is not None:
-            self._bytes -= _size(old)
-        self._entries[key] = embedding
-        self._bytes += size
-        while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
-            _, evicted = self._entries.popitem(last=False)
-            self._bytes -= _size(evicted)
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= _size(old)
+            self._entries[key] = embedding
+            self._bytes += size
+            while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
+                _, evicted = self._entries.popitem(last=False)
+                self._bytes -= _size(evicted)
 
 
 def _size(tensor: torch.Tensor) -> int:

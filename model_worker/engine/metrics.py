@@ -1,4 +1,4 @@
-"""The engine's own counters (caches, tokens prefilled and decoded) exposed as Prometheus metrics.
+"""The engine's own counters (caches, tokens prefilled and decoded, KV memory) exposed as Prometheus metrics.
 
 Read at scrape time from the engine's ``stats`` and caches, so the engine thread never touches the registry.
 """
@@ -44,6 +44,10 @@ class EngineStatsCollector(Collector):
 
             yield GaugeMetricFamily("worker_gpu_peak_memory_bytes", "Peak GPU memory allocated by the worker",
                                     value=torch.cuda.max_memory_allocated(device))
+        kv_cache = getattr(self._engine, "kv_cache", None)
+        if kv_cache is not None:
+            yield GaugeMetricFamily("worker_kv_cache_bytes", "Memory of the preallocated decode KV cache",
+                                    value=kv_cache.bytes)
         prefixes = getattr(self._engine, "prefixes", None)
         if prefixes is not None:
             yield GaugeMetricFamily("worker_prefix_cache_tokens", "Positions of KV held by the prefix cache",

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Hashable
 
-from model_worker.engine.batch import KV, crop_kv
+from model_worker.engine.kv_cache import KV, crop_kv
 
 Items = tuple[Hashable, ...]
 

@@ -2,7 +2,9 @@
 
 The scheduler is plain Python and owns batching policy: which sequences are admitted, when they are
 prefilled, and which ones advance together in each decode step. The engine only executes what it is
-given. Engine calls are blocking and are made from a single dedicated thread, never concurrently.
+given. Engine calls are blocking. ``prefill``, ``decode`` and ``release`` are made from a single dedicated
+thread, never concurrently; ``prepare`` runs on other threads (several at once) at the same time as
+those, so an engine keeps what ``prepare`` touches safe to share.
 """
 
 from __future__ import annotations
@@ -48,8 +50,8 @@ class Engine(Protocol):
     max_batch_size: int
 
     def prepare(self, request: ChatRequest) -> Sequence:
-        """CPU-side work before admission: decode images, build and tokenize the prompt, apply the
-        context budget. Raises :class:`EngineError` (``bad_image``, ``unknown_image``,
+        """CPU-side work before admission, off the engine thread: decode images, build and tokenize the
+        prompt, apply the context budget. Raises :class:`EngineError` (``bad_image``, ``unknown_image``,
         ``context_too_long``, ``bad_request``)."""
 
     def prefill(self, seqs: list[Sequence]) -> None:

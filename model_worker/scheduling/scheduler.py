@@ -2,9 +2,16 @@
 
 Requests wait in a bounded, per-user round-robin line; up to ``engine.max_batch_size`` sequences run
 together. Each iteration of the loop prefills the newly admitted sequences and then advances every
-running sequence by one token with a single ``engine.decode`` call, so a batching engine gets the whole
-batch. Cancellations and deadlines take effect between steps. Every engine call runs on one dedicated
-thread (the executor passed in), so the event loop stays free to stream tokens and answer health checks.
+running sequence with ``engine.decode`` calls (one per step, for the whole batch) in bursts on the
+engine thread. Cancellations and deadlines take effect between bursts. Prefill, decode and release run
+on one dedicated engine thread (the executor passed in); ``engine.prepare`` (tokenizing, fitting the
+context, decoding images) runs on threads of its own, so requests are prepared while the batch decodes.
+The event loop stays free to stream tokens and answer health checks.
+
+The engine is kept busy: when a burst ends with nothing for the loop to decide (no arrival, cancellation,
+deadline or place to fill), the next burst starts at once and the loop streams what the last one produced
+while it runs. Text goes out once per burst per request (a burst is at most ``decode_burst_s``), not once
+per token.
 
 Each request is a :class:`Ticket` whose :meth:`Ticket.events` the HTTP layer streams to the client:
 ``queued`` (again whenever the position changes), ``started``, ``token``..., then ``done`` or ``error``.
@@ -19,7 +26,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -52,6 +59,8 @@ _INTERNAL_MESSAGE = "the worker failed while answering; its log has the details"
 UNNAMED_FRONT_END = "direct"
 
 _ARRIVAL_QUIET_S = 0.003  # no new request for this long: the arrivals have settled
+#: Threads that prepare requests (tokenizing, decoding and preprocessing images); mostly GIL-free work.
+PREPARE_THREADS = 2
 
 
 @dataclass(frozen=True)
@@ -65,8 +74,9 @@ class SchedulerLimits:
     # Decode steps run back to back on the engine thread for up to this long, unless a request arrives,
     # is cancelled, or finishes: fewer thread hops and token events per token, same answers.
     decode_burst_s: float = 0.02
-    arrival_window_s: float = 0.02  # when idle, how long the first arrival waits for company
-    # The watchdog: an engine call running longer than this makes the worker unhealthy (None: never).
+    arrival_window_s: float = 0.05  # when idle, how long the first arrival waits for company
+    # The watchdog: an engine call (or a request's preparation) running longer than this makes the worker
+    # unhealthy (None: never).
     step_timeout_s: float | None = None
 
 
@@ -127,9 +137,14 @@ class Scheduler:
     """Owns the waiting line, the running batch, and the loop that steps the engine."""
 
     def __init__(self, engine: Engine, *, executor: Executor, metrics: WorkerMetrics,
-                 limits: SchedulerLimits = SchedulerLimits()) -> None:
+                 limits: SchedulerLimits = SchedulerLimits(), prepare_executor: Executor | None = None) -> None:
+        """``executor`` runs every engine step (one thread); ``prepare_executor`` runs ``engine.prepare``
+        (default: :data:`PREPARE_THREADS` threads of the scheduler's own, stopped at shutdown)."""
         self._engine = engine
         self._executor = executor
+        self._own_prepare_executor = prepare_executor is None
+        self._prepare_executor = prepare_executor or ThreadPoolExecutor(max_workers=PREPARE_THREADS,
+                                                                        thread_name_prefix="prepare")
         self._metrics = metrics
         self._limits = limits
         self._waiting: FairQueue[Ticket] = FairQueue(key=lambda ticket: ticket.user)
@@ -148,6 +163,8 @@ class Scheduler:
         self._background: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._engine_busy_since: float | None = None  # written on the engine thread, read by the watchdog
+        self._preparing_since: dict[int, float] = {}  # prepare thread -> start of its call, for the watchdog
+        self._preparing_lock = threading.Lock()
 
     # ---- public API ---------------------------------------------------------------------------
 
@@ -195,15 +212,16 @@ class Scheduler:
         self._loop_task = asyncio.create_task(self._run(), name="scheduler")
 
     def stalled(self) -> str | None:
-        """Why the worker is unhealthy: the engine call now running has exceeded the step timeout.
-        None while healthy (idle, or within the limit)."""
-        since, limit = self._engine_busy_since, self._limits.step_timeout_s
-        if since is None or limit is None:
-            return None
-        running = time.monotonic() - since
-        if running <= limit:
-            return None
-        return f"an engine step has been running for {running:.0f} s (the limit is {limit:g} s)"
+        """Why the worker is unhealthy: the engine call now running, or a request's preparation, has exceeded
+        the step timeout. None while healthy (idle, or within the limit)."""
+        limit = self._limits.step_timeout_s
+        with self._preparing_lock:
+            preparing = min(self._preparing_since.values(), default=None)
+        for since, what in ((self._engine_busy_since, "an engine step"), (preparing, "preparing a request")):
+            running = time.monotonic() - since if since is not None else 0.0
+            if limit is not None and running > limit:
+                return f"{what} has been running for {running:.0f} s (the limit is {limit:g} s)"
+        return None
 
     def check_room(self) -> None:
         """Raise :class:`Rejected` now when a new request could not be taken (shutting down, queue full):
@@ -219,7 +237,7 @@ class Scheduler:
         ``reserved``: the request uses a place held with :meth:`reserve` (given back either way).
         ``front_end``: the name the metrics give the request's front end.
 
-        The prompt is prepared on the engine thread in the background; a bad image or an over-long
+        The prompt is prepared on a prepare thread in the background; a bad image or an over-long
         context then ends the ticket with an ``error`` event.
         """
         if reserved:
@@ -231,7 +249,6 @@ class Scheduler:
         self._tickets[ticket.request_id] = ticket
         self._preparing += 1
         self._update_gauges()
-        self._interrupt.set()  # its preparation runs on the engine thread: end a decode burst now
         self._spawn(self._prepare(ticket))
         return ticket
 
@@ -262,6 +279,8 @@ class Scheduler:
             await self._loop_task
         # Requests still being prepared end with ``shutting_down`` once their prepare step returns.
         await asyncio.gather(*self._background, return_exceptions=True)
+        if self._own_prepare_executor:
+            self._prepare_executor.shutdown(wait=False)
 
     # ---- admission ----------------------------------------------------------------------------
 
@@ -276,7 +295,8 @@ class Scheduler:
 
     async def _prepare(self, ticket: Ticket) -> None:
         try:
-            ticket.seq = await self._call_engine(self._engine.prepare, ticket.request)
+            loop = asyncio.get_running_loop()
+            ticket.seq = await loop.run_in_executor(self._prepare_executor, self._watched_prepare, ticket.request)
         except Exception as exc:
             self._fail([ticket], exc, step="prepare")
         else:
@@ -336,6 +356,9 @@ class Scheduler:
                 await asyncio.wait_for(self._wakeup.wait(), settled_at - now)
 
     async def _step(self) -> None:
+        # What pokes the loop from here on (an arrival prepared during the prefill below, a cancel) ends
+        # the next decode burst at once; what poked it before is handled by this step.
+        self._interrupt.clear()
         self._drop_stopped_and_expired()
         admitted = self._admit()
         if admitted:
@@ -394,28 +417,50 @@ class Scheduler:
 
     async def _decode(self) -> None:
         batch = list(self._running)
-        self._interrupt.clear()
-        try:
-            steps = await self._call_engine(self._decode_burst, [t.seq for t in batch])
-        except Exception as exc:
-            self._fail(batch, exc, step="decode")
-            return
-        for _ in range(steps):
-            self._metrics.batch_size.observe(len(batch))
-        self._forward_progress(batch)
+        burst = self._start_burst(batch)
+        while True:
+            try:
+                steps, rows = await burst
+            except Exception as exc:
+                self._fail(batch, exc, step="decode")
+                return
+            for _ in range(steps):
+                self._metrics.batch_size.observe(rows)
+            going_on = [t for t in batch if not t.ended and not t.seq.finished]
+            if not self._may_go_on(going_on):
+                self._forward_progress(batch)
+                return
+            burst = self._start_burst(going_on)  # the engine decodes on while this loop streams
+            self._forward_progress(batch)
+            batch = going_on
 
-    def _decode_burst(self, seqs: list[Sequence]) -> int:
+    def _start_burst(self, batch: list[Ticket]) -> asyncio.Future[tuple[int, int]]:
+        return asyncio.get_running_loop().run_in_executor(self._executor, self._watched, self._decode_burst,
+                                                          [t.seq for t in batch])
+
+    def _may_go_on(self, batch: list[Ticket]) -> bool:
+        """Whether the next burst may start at once with ``batch``: nothing arrived, was cancelled or
+        expired, no waiting request can take a freed place, and the scheduler is not stopping."""
+        if not batch or self._interrupt.is_set() or self._stopping:
+            return False
+        if self._waiting and len(batch) < self._engine.max_batch_size:
+            return False
+        now = time.monotonic()
+        return all(t.stop is None and now < t.deadline for t in batch)
+
+    def _decode_burst(self, seqs: list[Sequence]) -> tuple[int, int]:
         """On the engine thread: decode steps until one sequence finishes, the loop is poked (arrival,
-        cancel, shutdown) or the burst time is up. Returns the number of steps."""
+        cancel, shutdown) or the burst time is up. Returns the number of steps and of sequences."""
         deadline = time.monotonic() + self._limits.decode_burst_s
         running = [seq for seq in seqs if not seq.finished]
         steps = 0
-        while True:
+        while running:
             self._engine.decode(running)
             steps += 1
             if (self._interrupt.is_set() or any(seq.finished for seq in running)
                     or time.monotonic() >= deadline):
-                return steps
+                break
+        return steps, len(running)
 
     def _poke(self) -> None:
         """Wake the loop, and end a running decode burst at its next step."""
@@ -510,6 +555,17 @@ class Scheduler:
 
     async def _call_engine(self, fn: Callable[..., R], *args: Any) -> R:
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._watched, fn, *args)
+
+    def _watched_prepare(self, request: ChatRequest) -> Sequence:
+        """``engine.prepare`` on a prepare thread, telling the watchdog how long it has been running."""
+        thread = threading.get_ident()
+        with self._preparing_lock:
+            self._preparing_since[thread] = time.monotonic()
+        try:
+            return self._engine.prepare(request)
+        finally:
+            with self._preparing_lock:
+                del self._preparing_since[thread]
 
     def _watched(self, fn: Callable[..., R], *args: Any) -> R:
         """Run an engine call on the engine thread, telling the watchdog how long it has been running."""

@@ -70,3 +70,44 @@ def test_a_question_too_long_on_its_own_is_cut_to_the_longest_start_that_fits(lo
         fit_context(one_more, tokenizer, num_queries=4, max_new_tokens=100, context_length=300)
     with pytest.raises(ContextTooLongError):
         fit_question(turns, tokenizer, num_queries=4, max_new_tokens=100, context_length=300, cut=None)
+
+
+class CountingTokenizer:
+    """The real tokenizer, recording every text it is asked to encode."""
+
+    def __init__(self, tokenizer) -> None:
+        self._tokenizer = tokenizer
+        self.texts: list[str] = []
+
+    def encode(self, text: str) -> list[int]:
+        self.texts.append(text)
+        return self._tokenizer.encode(text)
+
+
+def fewest_drops(turns, tok, *, budget: int):
+    """What fitting must return: the fewest oldest turns dropped (latest image turn last), by exact lengths."""
+    newest = len(turns) - 1
+    pinned = max(i for i in range(newest) if turns[i].images)
+    order = [i for i in range(newest) if i != pinned] + [pinned]
+    for count in range(len(order) + 1):
+        kept = [t for i, t in enumerate(turns) if i not in set(order[:count])]
+        if length(kept, tok) <= budget:
+            return kept
+    raise AssertionError("nothing fits")
+
+
+def test_each_turn_is_tokenized_at_most_once_and_old_turns_never(loaded):
+    tok = loaded.tokenizer
+    turns = [T("user", "look", ["img"])]
+    for i in range(300):
+        turns += [T("assistant", f"answer number {i} about the park"), T("user", f"question {i}? " * (1 + i % 3))]
+    budget = 400
+    counting = CountingTokenizer(tok)
+    kept, prompt = fit_context(turns, counting, num_queries=Q, max_new_tokens=100, context_length=budget + 100)
+    assert kept == fewest_drops(turns, tok, budget=budget)
+    assert prompt.length == length(kept, tok) <= budget
+    final_prompt = build_prompt(kept)
+    fitting = [text for text in counting.texts if text not in final_prompt.split("<ImageHere>")]
+    assert len(fitting) <= len(kept) + 3  # one count per kept turn, the first that did not fit, the tail
+    assert not any("answer number 0 " in text for text in counting.texts)  # far too old to be looked at
+    assert sum(len(text) for text in counting.texts) < 3 * len(final_prompt)

@@ -22,7 +22,7 @@ from model_worker.wire.protocol import (
     TokenEvent,
 )
 from tests.support.echo_engine import EchoEngine
-from tests.support.requests import collect, one_turn
+from tests.support.requests import collect, one_turn, read_until_token
 
 chat = functools.partial(one_turn, user="u", max_new_tokens=64)
 
@@ -41,7 +41,44 @@ async def test_stream_has_queued_started_tokens_done(make_scheduler):
     assert done.finish_reason is FinishReason.STOP
     assert done.usage.completion_tokens == 11 and done.usage.prompt_tokens == 11
     assert {"queue_s", "prefill_s", "ttft_s", "total_s"} <= done.timings.keys()
-    assert engine.thread_names == {"engine_0"}  # every engine call on the one engine thread
+    await asyncio.sleep(0.05)  # the release is queued behind the last step
+    # Every step on the one engine thread; preparation on threads of its own, so it overlaps decoding.
+    threads = dict(engine.threads)
+    assert all(name.startswith("prepare_") for name in threads.pop("prepare"))
+    assert threads == {"prefill": {"engine_0"}, "decode": {"engine_0"}, "release": {"engine_0"}}
+
+
+async def test_a_request_is_prepared_while_the_batch_decodes(make_scheduler):
+    """Preparing (tokenizing, images) never holds the running batch up: a request whose preparation waits
+    until another one has finished still lets that one finish."""
+    engine = EchoEngine(step_s=0.002)
+    scheduler = make_scheduler(engine)
+    running = scheduler.submit(chat("r" * 60))
+    await read_until_token(running.events())
+    slow = scheduler.submit(chat("wait for it"))
+    done = (await collect(running))[-1]
+    engine.gate.set()
+    assert done.text == "r" * 60
+    assert (await collect(slow))[-1].text == "wait for it" and not engine.gate_timed_out
+
+
+async def test_a_preparation_that_hangs_makes_the_worker_unhealthy(make_scheduler):
+    engine = EchoEngine()
+    scheduler = make_scheduler(engine, step_timeout_s=0.05)
+    ticket = scheduler.submit(chat("wait forever"))
+    await asyncio.sleep(0.3)
+    assert "preparing a request has been running" in scheduler.stalled()
+    engine.gate.set()
+    assert (await collect(ticket))[-1].text == "wait forever"
+    assert scheduler.stalled() is None
+
+
+async def test_token_events_carry_several_tokens_when_steps_are_fast(make_scheduler):
+    scheduler = make_scheduler(EchoEngine(step_s=0.0005))
+    events = await collect(scheduler.submit(chat("t" * 400, max_new_tokens=400)))
+    tokens = [e for e in events if isinstance(e, TokenEvent)]
+    assert "".join(e.text for e in tokens) == "t" * 400
+    assert len(tokens) <= 400 // 5  # one event per burst of steps, not one per token
 
 
 async def test_length_limit_and_release(make_scheduler):
