@@ -30,6 +30,9 @@ class StepInputs:
     write_index: torch.Tensor  # where the rows' new keys and values go (StaticKVCache.write_index)
     mask: torch.Tensor | None  # [rows, 1, 1, width] bool, column c visible to row r iff c <= positions[r]
     width: int  # columns attention reads
+    # Runs of neighbouring slots ``(first, end, width)`` that attend over their own narrower width; None:
+    # all rows over ``width`` (see :func:`attention_groups`).
+    groups: tuple[tuple[int, int, int], ...] | None = None
 
     @property
     def rows(self) -> int:
@@ -118,4 +121,32 @@ class DecodeBatch:
         mask = None if every_row_alike else (
             torch.arange(width, device=device) <= positions_t.unsqueeze(1)).view(rows, 1, 1, width)
         return StepInputs(input_ids=torch.tensor(ids, device=device).unsqueeze(1), positions=positions_t,
-                          write_index=self.cache.write_index(rows, positions_t), mask=mask, width=width)
+                          write_index=self.cache.write_index(rows, positions_t), mask=mask, width=width,
+                          groups=attention_groups(positions) if mask is not None else None)
+
+
+#: Rows whose widths differ by at most this factor (or this many positions) attend in one group.
+_ALIKE_FACTOR, _ALIKE_POSITIONS = 2, 128
+
+
+def attention_groups(positions: list[int]) -> tuple[tuple[int, int, int], ...] | None:
+    """Runs of neighbouring slots with alike lengths, each attending over its own width ``(first, end, width)``,
+    when that saves at least a third of the attention (a long conversation next to short ones: the short
+    rows do not read the long row's width of masked-out columns); None when one group serves."""
+    runs: list[list[int]] = []  # [first, end, narrowest width, widest width]
+    for slot, position in enumerate(positions):
+        width = position + 1
+        if runs and _alike(runs[-1][2], runs[-1][3], width):
+            runs[-1][1], runs[-1][2], runs[-1][3] = slot + 1, min(runs[-1][2], width), max(runs[-1][3], width)
+        else:
+            runs.append([slot, slot + 1, width, width])
+    widest = max(positions) + 1
+    grouped = sum((end - first) * width for first, end, _, width in runs)
+    if len(runs) == 1 or grouped * 3 > 2 * len(positions) * widest:
+        return None
+    return tuple((first, end, width) for first, end, _, width in runs)
+
+
+def _alike(narrowest: int, widest: int, width: int) -> bool:
+    low, high = min(narrowest, width), max(widest, width)
+    return high <= _ALIKE_FACTOR * low or high - low <= _ALIKE_POSITIONS

@@ -53,13 +53,28 @@ class LeanDecoder:
         query, key, value = qkv.chunk(3, dim=-1)
         query, key = apply_rotary_pos_emb(query, key, cos, sin)
         cache.write(index, step.write_index, key[:, :, 0], value[:, :, 0])
-        keys, values = cache.window(index, step.rows, step.width)
-        attended = scaled_dot_product_attention(query, keys, values, attn_mask=step.mask, scale=attention.scaling)
+        attended = self._attend(index, cache, step, query, attention.scaling)
         attended = attention.dense(attended.transpose(1, 2).reshape(*hidden.shape[:-1], -1))
         if self.parallel_residual:
             return layer.mlp(layer.post_attention_layernorm(hidden)) + attended + hidden
         attended = attended + hidden
         return layer.mlp(layer.post_attention_layernorm(attended)) + attended
+
+
+    @staticmethod
+    def _attend(index: int, cache: StaticKVCache, step: StepInputs, query: torch.Tensor,
+                scale: float) -> torch.Tensor:
+        """Attention of every row over its visible columns: all rows over the step's width, or each group of
+        alike rows over its own width (views of the cache either way, no copy)."""
+        if step.groups is None:
+            keys, values = cache.window(index, step.rows, step.width)
+            return scaled_dot_product_attention(query, keys, values, attn_mask=step.mask, scale=scale)
+        parts = []
+        for first, end, width in step.groups:
+            keys, values = cache.window(index, end, width, first=first)
+            mask = step.mask[first:end, :, :, :width]
+            parts.append(scaled_dot_product_attention(query[first:end], keys, values, attn_mask=mask, scale=scale))
+        return torch.cat(parts)
 
 
 class LibraryDecoder:

@@ -131,6 +131,6 @@ class StaticKVCache:
         self.keys[layer].view(-1, self.head_dim).index_copy_(0, index, keys.reshape(-1, self.head_dim))
         self.values[layer].view(-1, self.head_dim).index_copy_(0, index, values.reshape(-1, self.head_dim))
 
-    def window(self, layer: int, rows: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Views of the first ``rows`` slots and ``width`` positions of one layer (no copy)."""
-        return self.keys[layer][:rows, :, :width], self.values[layer][:rows, :, :width]
+    def window(self, layer: int, rows: int, width: int, *, first: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Views of the slots ``first..rows-1`` and the first ``width`` positions of one layer (no copy)."""
+        return self.keys[layer][first:rows, :, :width], self.values[layer][first:rows, :, :width]

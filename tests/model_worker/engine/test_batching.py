@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from model_worker.engine.batch import attention_groups
 from model_worker.engine.engine import MiniGPT4Engine
 from model_worker.engine.sequence import Sequence
 from model_worker.model.preprocess import decode_image
 from model_worker.model.reference import ReferenceTurn, reference_generate
 from model_worker.wire.protocol import ChatRequest, GenerationParams, ImageRef, Turn
 from tests.support.images import png
+from tests.support.requests import one_turn
 
 
 def request(index: int, *, image: bytes | None = None, **generation: object) -> ChatRequest:
@@ -111,3 +113,19 @@ def test_the_lean_decode_step_matches_the_librarys_forward(make_engine):
     library = run_together(make_engine(lean_decode=False), requests)
     lean = run_together(make_engine(lean_decode=True), requests)
     assert [s.state.generated for s in lean] == [s.state.generated for s in library]
+
+
+def test_a_long_conversation_next_to_short_ones_gives_everyone_the_tokens_they_give_alone(make_engine):
+    long = one_turn("tell me everything about " + "the long history of the sea " * 40, max_new_tokens=12)
+    short = [request(i, max_new_tokens=12) for i in range(3)]
+    mixed = [short[0], long, short[1], short[2]]  # the long row between short ones: three runs of slots
+    alone = [run_alone(make_engine(), req).output_ids for req in mixed]
+    engine = make_engine()
+    assert engine.prepare(long).prompt_tokens > 4 * engine.prepare(short[0]).prompt_tokens
+    assert [seq.output_ids for seq in run_together(engine, mixed)] == alone
+
+
+def test_attention_groups_split_only_where_it_saves_work():
+    assert attention_groups([10, 12, 11, 9]) is None  # alike: one group
+    assert attention_groups([10, 900, 12, 11]) == ((0, 1, 11), (1, 2, 901), (2, 4, 13))
+    assert attention_groups([700, 900, 800]) is None  # all long: nothing to save
