@@ -147,6 +147,18 @@ def attention_groups(positions: list[int]) -> tuple[tuple[int, int, int], ...] |
     return tuple((first, end, width) for first, end, _, width in runs)
 
 
+def length_groups(lengths: list[int]) -> list[list[int]]:
+    """Indices of ``lengths`` grouped so that each group's lengths are alike, shortest group first (prompts
+    prefilled together are padded to their longest: a long one is better prefilled on its own)."""
+    groups: list[list[int]] = []
+    for index in sorted(range(len(lengths)), key=lengths.__getitem__):
+        if groups and _alike(lengths[groups[-1][0]], lengths[groups[-1][-1]], lengths[index]):
+            groups[-1].append(index)
+        else:
+            groups.append([index])
+    return groups
+
+
 def _alike(narrowest: int, widest: int, width: int) -> bool:
     low, high = min(narrowest, width), max(widest, width)
     return high <= _ALIKE_FACTOR * low or high - low <= _ALIKE_POSITIONS

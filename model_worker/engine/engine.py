@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from model_worker.engine.batch import DecodeBatch, Decoder
+from model_worker.engine.batch import DecodeBatch, Decoder, length_groups
 from model_worker.engine.decode_step import LeanDecoder, LibraryDecoder
 from model_worker.engine.image_cache import ImageEmbeddingCache, image_hash
 from model_worker.engine.kv_cache import KV, StaticKVCache, kv_length
@@ -214,17 +214,21 @@ class MiniGPT4Engine:
 
     @torch.inference_mode()
     def prefill(self, seqs: list[Sequence]) -> None:
-        """Encode the new images of all ``seqs`` in one ViT batch, then run every prompt past its cached
-        prefix in one forward and sample each sequence's first token."""
+        """Encode the new images of all ``seqs`` in one ViT batch, then run the prompts past their cached
+        prefixes (one forward per group of alike lengths, so a long prompt is not padded against short ones)
+        and sample each sequence's first token."""
         started = time.perf_counter()
         self._encode_pending([seq.state for seq in seqs])
         rows = [self._prefill_row(seq.state) for seq in seqs]
-        own_kv, logits = prefill_together(self.model.llm, self.model.llm.config, rows)
+        logits: list[torch.Tensor | None] = [None] * len(seqs)
+        for group in length_groups([kv_length(kv or []) + embeds.shape[0] for kv, embeds in rows]):
+            own_kv, group_logits = prefill_together(self.model.llm, self.model.llm.config, [rows[i] for i in group])
+            for index, kv, row_logits in zip(group, own_kv, group_logits, strict=True):
+                seqs[index].state.kv, logits[index] = kv, row_logits
         elapsed = time.perf_counter() - started
-        for seq, kv in zip(seqs, own_kv, strict=True):
-            seq.state.kv = kv
+        for seq in seqs:
             seq.state.timings["prefill_s"] = elapsed
-        self._advance_all(seqs, logits)
+        self._advance_all(seqs, torch.stack(logits))
 
     def _encode_pending(self, states: list[SequenceState]) -> None:
         pending: dict[str, torch.Tensor] = {}

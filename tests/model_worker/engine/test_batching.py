@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from model_worker.engine.batch import attention_groups
+from model_worker.engine.batch import attention_groups, length_groups
 from model_worker.engine.engine import MiniGPT4Engine
 from model_worker.engine.sequence import Sequence
 from model_worker.model.preprocess import decode_image
@@ -129,3 +129,8 @@ def test_attention_groups_split_only_where_it_saves_work():
     assert attention_groups([10, 12, 11, 9]) is None  # alike: one group
     assert attention_groups([10, 900, 12, 11]) == ((0, 1, 11), (1, 2, 901), (2, 4, 13))
     assert attention_groups([700, 900, 800]) is None  # all long: nothing to save
+
+
+def test_prompts_are_prefilled_in_groups_of_alike_lengths_shortest_first():
+    assert length_groups([15, 600, 17, 14, 900]) == [[3, 0, 2], [1, 4]]
+    assert length_groups([15, 2000]) == [[0], [1]]
