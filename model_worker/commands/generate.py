@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from model_worker.commands.model_flags import add_model_arguments
 from model_worker.protocol import ChatRequest, GenerationParams, ImageRef, Turn
 
 
@@ -27,9 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, default=50)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--max-new-tokens", type=int, default=512)
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    parser.add_argument("--dtype", default="auto", help="auto, float16, bfloat16, float32")
-    parser.add_argument("--json", action="store_true", help="print one JSON object (text, token_ids, timings...)")
+    add_model_arguments(parser)
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object (text, token_ids, device, dtype, quantize, timings...)")
 
 
 def _read_turns(args: argparse.Namespace) -> list[Turn]:
@@ -54,7 +55,6 @@ def _request(args: argparse.Namespace) -> ChatRequest:
 
 
 def run(args: argparse.Namespace) -> int:
-    from model_worker.engine import load_engine
     from model_worker.engine_api import EngineError
     from model_worker.model.weights import WeightsError
 
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     started = time.perf_counter()
     try:
-        engine = load_engine(args.weights, device=args.device, dtype=args.dtype, max_batch_size=1)
+        engine = _load_engine(args)
     except (WeightsError, ValueError) as exc:
         print(f"error: cannot load the weights: {exc}", file=sys.stderr)
         return 1
@@ -79,6 +79,15 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
     return 0
+
+
+def _load_engine(args: argparse.Namespace):
+    """The batched engine (one row) on the model as the flags ask."""
+    from model_worker.batched_engine import BatchedEngine
+    from model_worker.model.loader import load_model
+
+    loaded = load_model(args.weights, device=args.device, dtype=args.dtype, quantize=args.quantize)
+    return BatchedEngine(loaded, max_batch_size=1)
 
 
 def _generate(engine, request: ChatRequest, *, stream: bool) -> dict:
@@ -101,8 +110,7 @@ def _generate(engine, request: ChatRequest, *, stream: bool) -> dict:
                "decode_tokens_per_s": decode_steps / max(t3 - t2, 1e-9)}
     return {"text": seq.text, "token_ids": seq.output_ids, "prompt_tokens": seq.prompt_tokens,
             "completion_tokens": seq.state.steps, "finish_reason": seq.finish_reason.value,
-            "seed": seq.state.sampler.seed, "device": str(engine.device), "dtype": str(engine.dtype).replace("torch.", ""),
-            "timings": timings}
+            "seed": seq.state.sampler.seed, **engine.loaded.describe(), "timings": timings}
 
 
 def _show(text: str, shown: str, stream: bool) -> str:

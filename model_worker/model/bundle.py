@@ -2,8 +2,9 @@
 
 A bundle directory is itself a weights directory: ``minigpt4.safetensors`` (tensors at their source
 precision; metadata holds a fingerprint of the sources it came from), ``arch.json`` and ``gpt-neox/`` with
-the config and tokenizer files. The worker writes one as a cache on first load and starts from it later by
-memory-mapping; a changed source (size or modification time) invalidates it.
+the config and tokenizer files. The worker writes one as a cache on first load and starts from it later,
+reading each tensor straight to its place (no unpickling); a changed source (size or modification time)
+invalidates it.
 """
 
 from __future__ import annotations
@@ -101,13 +102,28 @@ def write_bundle(out_dir: Path, tensors: Mapping[str, torch.Tensor], *, weights_
     return out_dir / BUNDLE_FILE
 
 
-def read_bundle(bundle_dir: Path) -> dict[str, torch.Tensor]:
-    """The bundle's tensors, read through a memory map of the file."""
-    tensors: dict[str, torch.Tensor] = {}
-    try:
-        with safe_open(str(bundle_dir / BUNDLE_FILE), framework="pt", device="cpu") as handle:
-            for key in handle.keys():  # noqa: SIM118 - safe_open is not a Mapping
-                tensors[key] = handle.get_tensor(key)
-    except (SafetensorError, OSError) as exc:
-        raise WeightsError(f"cannot read the bundle {bundle_dir / BUNDLE_FILE}: {exc}") from exc
-    return tensors
+class BundleTensors:
+    """The bundle's tensors, each read from the file when taken (``pread``, not a memory map: the pages of
+    a map stay resident beside the copy a cast or quantization makes)."""
+
+    def __init__(self, bundle_dir: Path) -> None:
+        self.path = bundle_dir / BUNDLE_FILE
+        try:
+            self._handle = safe_open(str(self.path), framework="pt", device="cpu", backend="pread")
+        except (SafetensorError, OSError) as exc:
+            raise WeightsError(f"cannot read the bundle {self.path}: {exc}") from exc
+
+    def shapes(self) -> dict[str, torch.Size]:
+        """Every tensor's shape, from the header (nothing is read)."""
+        return {key: torch.Size(self._handle.get_slice(key).get_shape()) for key in self._handle.keys()}
+
+    def take(self, name: str) -> torch.Tensor:
+        """The tensor ``name`` at its stored precision, in memory of its own."""
+        try:
+            return self._handle.get_tensor(name)
+        except (SafetensorError, OSError) as exc:
+            raise WeightsError(f"cannot read {name} from the bundle {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        self._handle = None
+
