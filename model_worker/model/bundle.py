@@ -103,14 +103,15 @@ def write_bundle(out_dir: Path, tensors: Mapping[str, torch.Tensor], *, weights_
 
 
 class BundleTensors:
-    """The bundle's tensors, each read from the file when taken (``pread``, not a memory map: the pages of
-    a map stay resident beside the copy a cast or quantization makes)."""
+    """The bundle's tensors, each read from the file when taken, not through a memory map (whose touched
+    pages stay resident beside the copy a cast or a quantization makes)."""
 
     def __init__(self, bundle_dir: Path) -> None:
         self.path = bundle_dir / BUNDLE_FILE
         try:
             self._handle = safe_open(str(self.path), framework="pt", device="cpu", backend="pread")
-        except (SafetensorError, OSError) as exc:
+            self._offsets = _data_offsets(self.path)
+        except (SafetensorError, OSError, ValueError) as exc:
             raise WeightsError(f"cannot read the bundle {self.path}: {exc}") from exc
 
     def shapes(self) -> dict[str, torch.Size]:
@@ -124,6 +125,41 @@ class BundleTensors:
         except (SafetensorError, OSError) as exc:
             raise WeightsError(f"cannot read {name} from the bundle {self.path}: {exc}") from exc
 
+    def take_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start:stop`` (first dimension) of ``name``, reading only their bytes: safetensors' own
+        slices read the whole tensor first, which would put a whole output head beside its copy."""
+        meta = self._handle.get_slice(name)
+        shape, dtype = meta.get_shape(), _TORCH_DTYPES[meta.get_dtype()]
+        out = torch.empty((stop - start, *shape[1:]), dtype=dtype)
+        row_bytes = out[:1].nbytes if stop > start else 0
+        _read_exactly(self.path, out.view(torch.uint8).numpy(), self._offsets[name] + start * row_bytes)
+        return out
+
     def close(self) -> None:
         self._handle = None
 
+
+# safetensors' dtype names (its format documentation) for the dtypes a bundle holds.
+_TORCH_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64,
+                 "I64": torch.int64, "I32": torch.int32, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def _data_offsets(path: Path) -> dict[str, int]:
+    """Where each tensor's bytes start in a safetensors file: after the 8-byte header length and the JSON
+    header, at the tensor's ``data_offsets`` (the file format, as documented by safetensors)."""
+    with path.open("rb") as handle:
+        header_length = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(header_length))
+    return {name: 8 + header_length + entry["data_offsets"][0]
+            for name, entry in header.items() if name != "__metadata__"}
+
+
+def _read_exactly(path: Path, buffer, offset: int) -> None:
+    view = memoryview(buffer).cast("B")
+    with path.open("rb", buffering=0) as handle:
+        done = 0
+        while done < len(view):
+            count = os.preadv(handle.fileno(), [view[done:]], offset + done)
+            if count == 0:
+                raise WeightsError(f"{path} ends early (truncated bundle)")
+            done += count

@@ -98,17 +98,19 @@ def materialize_buffers(model: MiniGPT4, device: torch.device | str = "cpu") -> 
 
 
 def precision_plan(model: MiniGPT4, dtype: torch.dtype) -> dict[str, torch.dtype]:
-    """The dtype of every weight for a model run in ``dtype``, as the reference runs it in fp16
-    (LAVIS ``convert_weights_to_fp16`` on the ViT, fp16 LLM, autocast): the LLM and the ViT's Linear/Conv
-    weights in ``dtype``; ViT norms, tokens and q/v biases, ln_vision, Q-Former and projection in float32.
-    For float32 every weight is float32."""
+    """The dtype of every weight for a model run in ``dtype``, as the reference runs it in fp16 (LAVIS
+    ``convert_weights_to_fp16`` on the ViT, fp16 LLM, the image path under autocast): the LLM in ``dtype``;
+    norms, tokens, position embedding, q/v biases and ln_vision in float32; the Linear/Conv weights of the
+    ViT, Q-Former and projection in ``dtype``. The reference keeps the Q-Former's and projection's in
+    float32, but autocast casts them to ``dtype`` at every call, so storing them so gives the same numbers
+    in half the memory. For float32 every weight is float32."""
     plan = {name: torch.float32 for name, _ in model.named_parameters()}
     if dtype == torch.float32:
         return plan
     plan |= {f"llm.{name}": dtype for name, _ in model.llm.named_parameters()}
-    for module_name, module in model.visual_encoder.named_modules():
-        if isinstance(module, nn.Conv2d | nn.Linear):
-            plan |= {f"visual_encoder.{module_name}.{name}": dtype for name, _ in module.named_parameters()}
+    for module_name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d | nn.Linear) and not module_name.startswith("llm."):
+            plan |= {f"{module_name}.{name}": dtype for name, _ in module.named_parameters()}
     return plan
 
 

@@ -19,12 +19,17 @@ the whole image path (ViT, Q-Former, projection) keep their float dtype. The out
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 from model_worker.model.choices import QUANTIZE_CHOICES
 
 INT4_GROUP_SIZE = 128
+# Slices of 16 Mi elements: torchao's float32 temporaries of 64 MiB are above malloc's mmap threshold,
+# so their memory goes back to the system at once.
+SLICE_ELEMENTS = 16 * 2**20
 
 
 class QuantizeError(ValueError):
@@ -42,26 +47,46 @@ class Int8WeightOnlyLinear(nn.Module):
         self.register_buffer("bias", bias)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> Int8WeightOnlyLinear:
-        """Quantize ``linear``'s weight per output row (torchao's symmetric int8)."""
+    def from_rows(cls, read_rows: Callable[[int, int], torch.Tensor], shape: torch.Size, *, dtype: torch.dtype,
+                  device: torch.device, bias: torch.Tensor | None) -> Int8WeightOnlyLinear:
+        """Quantize a weight of ``shape`` per output row (torchao's symmetric int8), reading it a slice of
+        rows at a time with ``read_rows(start, stop)``: rows are independent, so no float copy of the whole
+        weight and no large float32 temporaries of torchao's ever exist. ``dtype``: the activations'."""
         from torchao.quantization.granularity import PerRow
         from torchao.quantization.quantize_.workflows.int8.int8_tensor import Int8Tensor
 
+        qweight = torch.empty(shape, dtype=torch.int8, device=device)
+        scales = torch.empty(shape[0], dtype=dtype, device=device)
+        for start, stop in row_slices(shape):
+            part = Int8Tensor.from_hp(read_rows(start, stop).to(device=device, dtype=dtype), granularity=PerRow())
+            qweight[start:stop] = part.qdata
+            scales[start:stop] = part.scale.reshape(-1)  # in the activations' dtype, as the kernel takes them
+        return cls(qweight, scales, bias)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> Int8WeightOnlyLinear:
+        """The quantized replacement of a placed Linear."""
         weight = linear.weight.detach()
-        quantized = Int8Tensor.from_hp(weight, granularity=PerRow())
-        # The kernel takes the scales in the activations' dtype.
-        scales = quantized.scale.reshape(-1).to(weight.dtype)
         bias = None if linear.bias is None else linear.bias.detach()
-        return cls(quantized.qdata.contiguous(), scales, bias)
+        return cls.from_rows(lambda start, stop: weight[start:stop], weight.shape, dtype=weight.dtype,
+                             device=weight.device, bias=bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        flat = hidden.reshape(-1, self.in_features).contiguous()
+        flat = hidden.reshape(-1, self.in_features).to(self.scales.dtype).contiguous()
         out = torch.ops.aten._weight_int8pack_mm(flat, self.qweight, self.scales)
         out = out.reshape(*hidden.shape[:-1], self.out_features)
         return out if self.bias is None else out + self.bias
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 weight-only"
+
+
+def row_slices(shape: torch.Size) -> list[tuple[int, int]]:
+    """``(start, stop)`` row ranges of a tensor of ``shape``, each of at most :data:`SLICE_ELEMENTS`
+    (one row at least)."""
+    rows, row_elements = shape[0], max(1, torch.Size(shape[1:]).numel())
+    step = max(1, SLICE_ELEMENTS // row_elements)
+    return [(start, min(start + step, rows)) for start in range(0, rows, step)]
 
 
 def check_quantize(mode: str, *, llm_config, device: torch.device, dtype: torch.dtype) -> None:
@@ -114,20 +139,15 @@ def _int4_linear(linear: nn.Linear) -> nn.Linear:
     return linear
 
 
-def quantize_llm_part(module: nn.Module, mode: str, *, is_output_head: bool = False) -> nn.Module:
-    """Quantize every Linear in ``module`` (one transformer layer, or the output head itself) in place;
-    returns the module (a replacement when ``module`` is itself a Linear)."""
+def quantized_linears(model: nn.Module, mode: str) -> dict[str, str]:
+    """``{module name: mode}`` for the Linears of a MiniGPT4 that ``mode`` quantizes: every Linear of the
+    language model's layers, and its output head (int8 under int4 too)."""
     if mode == "none":
-        return module
-    mode = "int8" if is_output_head else mode
-    if isinstance(module, nn.Linear):
-        return quantize_linear(module, mode)
-    for name, child in list(module.named_children()):
-        if isinstance(child, nn.Linear):
-            setattr(module, name, quantize_linear(child, mode))
-        else:
-            quantize_llm_part(child, mode)
-    return module
+        return {}
+    layers = model.llm.gpt_neox.layers
+    names = {f"llm.gpt_neox.layers.{index}.{name}": mode for index, layer in enumerate(layers)
+             for name, module in layer.named_modules() if isinstance(module, nn.Linear)}
+    return names | {"llm.lm_head": "int8"}
 
 
 def tensor_bytes(tensor: torch.Tensor) -> int:

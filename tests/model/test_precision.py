@@ -43,12 +43,26 @@ def test_reduced_precision_on_cpu_places_the_reference_mix(tiny_weights, name):
     assert block.attn.qkv.weight.dtype == block.mlp.fc2.bias.dtype == model.llm.lm_head.weight.dtype == dtype
     assert model.llm.gpt_neox.layers[0].input_layernorm.weight.dtype == dtype
     assert block.norm1.weight.dtype == block.attn.q_bias.dtype == model.visual_encoder.pos_embed.dtype == torch.float32
-    assert model.ln_vision.weight.dtype == model.qformer.layernorm.weight.dtype == torch.float32
-    assert model.llama_proj.weight.dtype == model.query_tokens.dtype == torch.float32
+    assert model.ln_vision.weight.dtype == model.qformer.layernorm.weight.dtype == model.query_tokens.dtype == torch.float32
+    # Autocast computes the Q-Former's and projection's Linears in ``dtype`` whatever their storage.
+    assert model.llama_proj.weight.dtype == model.qformer.encoder.layer[0].attention.attention.query.weight.dtype == dtype
     assert model.llm.gpt_neox.rotary_emb.inv_freq.dtype == torch.float32
     with torch.inference_mode():
         images = model.encode_images(torch.randn(1, 3, 224, 224))
     assert images.dtype == dtype and torch.isfinite(images.float()).all()
+
+
+def test_image_path_gives_the_same_numbers_with_float32_linear_storage(tiny_weights):
+    """The reference stores the Q-Former's and projection's Linears in float32; under autocast that
+    computes exactly what storing them in bfloat16 does."""
+    loaded = load_model(tiny_weights, device="cpu", dtype="bfloat16", use_cache=False)
+    model, pixels = loaded.model, torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        stored_low = model.encode_images(pixels)
+        for module in [*model.qformer.modules(), model.llama_proj]:
+            if isinstance(module, torch.nn.Linear):
+                module.float()
+        assert torch.equal(model.encode_images(pixels), stored_low)
 
 
 def test_tiny_weights_stay_float32_by_default(loaded):
@@ -66,38 +80,44 @@ def test_groups_are_blocks_then_modules():
 
 
 class RecordingSource:
-    """The bundle, remembering every float16 tensor it handed out (all of them are cast to float32 when
-    placed) and, at each take, how many bytes of them are still alive."""
+    """The bundle, remembering every float16 tensor or slice it handed out (the ViT's and the LLM's: all are
+    cast or quantized when placed) and, at each read, how many bytes of them are still alive."""
 
     def __init__(self, bundle: BundleTensors) -> None:
         self.bundle = bundle
-        self.handed: list[tuple[str, weakref.ref]] = []
+        self.handed: list[weakref.ref] = []
         self.most_alive_bytes = 0
 
     def shapes(self):
         return self.bundle.shapes()
 
     def take(self, name):
-        alive = [ref() for _, ref in self.handed if ref() is not None]
+        return self._record(self.bundle.take(name))
+
+    def take_rows(self, name, start, stop):
+        return self._record(self.bundle.take_rows(name, start, stop))
+
+    def _record(self, tensor):
+        alive = [ref() for ref in self.handed if ref() is not None]
         self.most_alive_bytes = max(self.most_alive_bytes, sum(t.nbytes for t in alive))
-        tensor = self.bundle.take(name)
         if tensor.dtype == torch.float16:
-            self.handed.append((name, weakref.ref(tensor)))
+            self.handed.append(weakref.ref(tensor))
         return tensor
 
 
 @pytest.mark.parametrize("quantize", ["none", "int8"])
-def test_lean_placement_never_holds_more_than_one_block_of_source_tensors(tiny_weights, quantize):
-    """The ViT and the LLM are stored as float16 and placed as float32: each source tensor is gone once
-    placed, so the float16 copies alive at any time never exceed one group (a loader holding the whole
-    state dict, as before, would hold all of them)."""
+def test_lean_placement_never_holds_more_than_one_source_tensor(tiny_weights, quantize, monkeypatch):
+    """With slices of at most 2,048 elements, every float16 tensor read is gone once placed or quantized:
+    never more than one slice (or one small tensor) is alive. A loader holding the whole state dict, as
+    before, would hold all of them."""
+    import model_worker.model.quantize as quantize_module
+
+    monkeypatch.setattr(quantize_module, "SLICE_ELEMENTS", 2048)
     first = load_model(tiny_weights, device="cpu", use_cache=True)  # writes the bundle cache
     bundle = BundleTensors(tiny_weights / ".minigpt4-bundle")
     source = RecordingSource(bundle)
     model = build_empty_model(first.arch, first.llm_config)
     place_weights(model, source, device=CPU, dtype=torch.float32, quantize=quantize)
-    assert source.handed and all(ref() is None for _, ref in source.handed)
-    shapes = bundle.shapes()
-    largest_group = max(sum(shapes[n].numel() * 2 for n in members)
-                        for _, members in weight_groups(list(shapes)))
-    assert source.most_alive_bytes <= largest_group
+    assert source.handed and all(ref() is None for ref in source.handed)
+    largest_small_tensor = max(shape.numel() * 2 for shape in bundle.shapes().values() if shape.numel() <= 2048)
+    assert source.most_alive_bytes <= max(largest_small_tensor, 2048 * 2)
