@@ -68,14 +68,15 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
-def resolve_dtype(dtype: str, device: torch.device, *, num_params: int = 0) -> torch.dtype:
-    """``auto``: float16 on CUDA (the reference); on CPU bfloat16 for weights of real size and float32 for
-    small ones. An explicit dtype is honoured or refused, never silently changed."""
+def resolve_dtype(dtype: str, device: torch.device, *, num_params: int = 0, quantize: str = "none") -> torch.dtype:
+    """``auto``: float16 on CUDA (the reference; bfloat16 under int4, whose CUDA kernel takes nothing else);
+    on CPU bfloat16 for weights of real size and float32 for small ones. An explicit dtype is honoured or
+    refused, never silently changed."""
     if dtype not in _DTYPES and dtype != "auto":
         raise ValueError(f"unknown dtype {dtype!r}; use {', '.join(DTYPE_CHOICES)}")
     if dtype == "auto":
         if device.type != "cpu":
-            return torch.float16
+            return torch.bfloat16 if quantize == "int4" else torch.float16
         return torch.bfloat16 if num_params >= CPU_BFLOAT16_FROM_PARAMS else torch.float32
     resolved = _DTYPES[dtype]
     if device.type == "cpu" and resolved != torch.float32:
@@ -139,7 +140,7 @@ def load_model(weights: Path, *, device: str = "auto", dtype: str = "auto", quan
                use_cache: bool = True, cache_dir: Path | None = None,
                progress: Callable[[str], None] | None = None) -> LoadedModel:
     """Build the model from a weights directory (sources or bundle) and place it on the device, each weight
-    straight to its dtype, the language model quantized layer by layer when ``quantize`` asks."""
+    straight to its dtype, the language model's matrices quantized as they arrive when ``quantize`` asks."""
     started = time.perf_counter()
     weights = Path(weights)
     report = progress or (lambda message: log.info("loading: %s", message))
@@ -153,7 +154,8 @@ def load_model(weights: Path, *, device: str = "auto", dtype: str = "auto", quan
     llm_config = read_llm_config(weights / LLM_DIR)
     tokenizer = _read_tokenizer(weights / LLM_DIR, llm_config)
     model = build_empty_model(arch, llm_config)
-    torch_dtype = resolve_dtype(dtype, torch_device, num_params=sum(p.numel() for p in model.parameters()))
+    num_params = sum(p.numel() for p in model.parameters())
+    torch_dtype = resolve_dtype(dtype, torch_device, num_params=num_params, quantize=quantize)
     check_quantize(quantize, llm_config=llm_config, device=torch_device, dtype=torch_dtype)
     tensors, source = _open_tensors(weights, model, use_cache=use_cache, cache_dir=cache_dir, progress=report)
     check_shapes(tensors.shapes(), {k: v.shape for k, v in model.state_dict().items()})

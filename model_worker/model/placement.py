@@ -1,4 +1,4 @@
-"""Lean loading: every weight goes from its source straight to its dtype and device, one layer at a time.
+"""Lean loading: every weight goes from its source straight to its dtype and device, one block at a time.
 
 The model is built on the meta device. Each tensor is taken from the source (the bundle reads it from the
 file, not through a memory map; a dict of source tensors hands it over and forgets it), cast as

@@ -109,7 +109,7 @@ def _check_int4(llm_config, *, device: torch.device, dtype: torch.dtype) -> None
                             f"{INT4_GROUP_SIZE}; these weights have {', '.join(bad)} (use int8)")
     if device.type == "cuda" and dtype != torch.bfloat16:
         raise QuantizeError("--quantize int4 on CUDA runs torch's int4 kernel, which takes bfloat16 "
-                            "activations: use --dtype bfloat16 (or auto)")
+                            "activations: use --dtype bfloat16 or auto")
     if device.type not in ("cpu", "cuda"):
         raise QuantizeError(f"--quantize int4 runs on cpu or cuda, not {device.type}")
 

@@ -18,6 +18,7 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
 def test_auto_dtype_follows_device_and_size():
     assert resolve_dtype("auto", CUDA) == torch.float16
+    assert resolve_dtype("auto", CUDA, quantize="int4") == torch.bfloat16  # torch's CUDA int4 kernel
     assert resolve_dtype("auto", CPU, num_params=10_000) == torch.float32
     assert resolve_dtype("auto", CPU, num_params=4_900_000_000) == torch.bfloat16
     assert resolve_dtype("auto", CPU, num_params=CPU_BFLOAT16_FROM_PARAMS) == torch.bfloat16
