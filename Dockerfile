@@ -19,6 +19,10 @@ USER app
 # Weights are mounted read-write so the first start can write its safetensors bundle next to them.
 ENV HF_HOME=/weights/.cache
 VOLUME ["/weights", "/run/minigpt4"]
+# Unhealthy when the worker stops answering or an engine step hangs past --step-timeout (the watchdog).
+# The first start converts the weights: give it time before failures count.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=15m --retries=3 \
+    CMD ["python", "-m", "model_worker", "health", "--socket", "/run/minigpt4/worker.sock"]
 ENTRYPOINT ["python", "-m", "model_worker"]
 CMD ["serve", "--weights", "/weights", "--socket", "/run/minigpt4/worker.sock"]
 

@@ -21,7 +21,7 @@ from model_worker.model.loader import LoadedModel, load_model
 from model_worker.model.memory_budget import GIB, plan_for_model
 from model_worker.model.placement import release_freed_memory
 from model_worker.model.quantize import module_bytes, tensor_bytes
-from model_worker.protocol import ChatRequest, GenerationParams, ImageRef, Turn
+from model_worker.wire.protocol import ChatRequest, GenerationParams, ImageRef, Turn
 
 #: ``--settings`` names: (dtype, quantize).
 SETTINGS = {"float32": ("float32", "none"), "bfloat16": ("bfloat16", "none"), "float16": ("float16", "none"),
@@ -55,11 +55,14 @@ def read_bandwidth_bytes_per_s(repeats: int = 5) -> float:
 
 def make_engine(loaded: LoadedModel, *, max_batch_size: int, context_length: int, prefix_cache_tokens: int | None = None):
     """The one place that names the engine class (re-point it when the engine moves)."""
-    from model_worker.batched_engine import BatchedEngine
-    from model_worker.engine_options import EngineOptions
+    from model_worker.engine.engine import MiniGPT4Engine
+    from model_worker.engine.options import EngineOptions
 
-    options = EngineOptions() if prefix_cache_tokens is None else EngineOptions(prefix_cache_tokens=prefix_cache_tokens)
-    return BatchedEngine(loaded, max_batch_size=max_batch_size, context_length=context_length, options=options)
+    options = EngineOptions(max_batch_size=max_batch_size, kv_cache_positions=context_length)
+    if prefix_cache_tokens is not None:
+        options = EngineOptions(max_batch_size=max_batch_size, kv_cache_positions=context_length,
+                                prefix_cache_tokens=prefix_cache_tokens)
+    return MiniGPT4Engine(loaded, options=options, context_length=context_length)
 
 
 def question(index: int, words: int, image: bytes, new_tokens: int) -> ChatRequest:

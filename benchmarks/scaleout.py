@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from bot.worker_client.redis_queue import RedisWorkerClient
-from model_worker.protocol import ChatRequest, DoneEvent, Turn
+from model_worker.wire.protocol import ChatRequest, DoneEvent, Turn
 from tests.support.redis_server import find_redis_server, run_redis_server
 from tests.support.worker import run_worker
 

@@ -44,12 +44,12 @@ def main(argv: list[str] | None = None) -> int:
         print(exc.message, file=sys.stderr)
         return 2
     from bot.app import platforms_to_run
-    from model_worker.logging_setup import configure_logging
+    from bot.logging_setup import configure_bot_logging
 
     mode = "auto" if command in ("run", "check", "sync-commands") else command
     console = platforms_to_run(settings, mode) == ["console"] and command != "check"
     log_file = settings.data_dir / "bot.log" if console else None
-    configure_logging(settings.log_level, secrets=_secret_values(settings), log_file=log_file)
+    configure_bot_logging(settings, log_file=log_file)
     if log_file is not None:
         print(f"(log: {log_file})", file=sys.stderr)
     if command == "check":
@@ -83,6 +83,10 @@ async def _run_until_signalled(settings: Settings, command: str, mode) -> int:
     except WeightsUnavailable as exc:
         print(str(exc), file=sys.stderr)
         return 1
+    except SettingsError as exc:  # the worker cannot be used as configured (another protocol version)
+        log.error("%s", exc.message)
+        print(exc.message, file=sys.stderr)
+        return 2
     except asyncio.CancelledError:
         log.info("stopped")
         return 0
@@ -95,12 +99,6 @@ def _missing_credentials(settings: Settings, command: str) -> str | None:
         need = "SLACK_BOT_TOKEN and SLACK_APP_TOKEN" if settings.slack_mode == "socket" else "SLACK_BOT_TOKEN"
         return f"{need} must be set for Slack: add them to .env (README, 'Slack set-up')."
     return None
-
-
-def _secret_values(settings: Settings) -> list[str]:
-    fields = (settings.discord_token, settings.slack_bot_token, settings.slack_app_token,
-              settings.slack_signing_secret, settings.worker_token, settings.queue_url)
-    return [field.get_secret_value() for field in fields if field is not None]
 
 
 def _print_settings(settings: Settings) -> int:

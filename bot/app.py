@@ -32,6 +32,7 @@ async def connect_worker(settings: Settings, *, quiet_worker: bool = False) -> A
 
         client: WorkerClient = RedisWorkerClient(settings.queue_url.get_secret_value(),
                                                  request_timeout_s=settings.worker_request_timeout_s)
+        where = "the shared Redis queue"
         log.info("using the shared Redis queue for model requests")
     elif settings.worker_url:
         from bot.worker_client.http import HttpWorkerClient
@@ -39,15 +40,33 @@ async def connect_worker(settings: Settings, *, quiet_worker: bool = False) -> A
 
         token = settings.worker_token.get_secret_value() if settings.worker_token else None
         client = ImageRefClient(HttpWorkerClient(settings.worker_url, token=token))
+        where = settings.worker_url
         log.info("using the external worker at %s", settings.worker_url)
     else:
         async with _local_worker(settings, quiet=quiet_worker) as local:
             yield local
         return
     try:
+        await check_protocol(client, where)
         yield client
     finally:
         await client.close()
+
+
+async def check_protocol(worker: WorkerClient, where: str) -> None:
+    """Refuse to start against a worker that speaks another protocol version (a :class:`SettingsError`);
+    a worker that is not reachable yet is only logged: answers wait for it."""
+    from bot.worker_client.base import WorkerError
+    from model_worker.wire.protocol import protocol_mismatch
+
+    try:
+        info = await worker.ready()
+    except WorkerError as exc:
+        log.warning("the worker (%s) does not answer yet (%s); answers will wait for it", where, exc.code)
+        return
+    mismatch = protocol_mismatch(info, where=where)
+    if mismatch:
+        raise SettingsError(mismatch)
 
 
 @contextlib.asynccontextmanager
@@ -66,6 +85,7 @@ async def _local_worker(settings: Settings, *, quiet: bool) -> AsyncIterator[Wor
         extra_args=(
             "--request-timeout", str(settings.worker_request_timeout_s),
             "--log-level", "WARNING" if quiet else settings.log_level,
+            *(("--step-timeout", str(settings.worker_step_timeout_s)) if settings.worker_step_timeout_s else ()),
         ),
     )
     async with supervisor:
@@ -89,7 +109,7 @@ async def run_bot(settings: Settings, mode: Mode = "auto") -> int:
     fronts = platforms_to_run(settings, mode)
     if fronts == ["console"] and mode == "auto":
         print(NO_PLATFORM_HINT, file=sys.stderr)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     store = await Store.open(settings.database_path)
     try:
         async with connect_worker(settings, quiet_worker="console" in fronts) as worker:
@@ -105,6 +125,7 @@ async def run_bot(settings: Settings, mode: Mode = "auto") -> int:
 async def wait_until_ready(worker: WorkerClient, *, poll_s: float = 0.5) -> None:
     """Block until the worker reports ready, logging its loading progress as it changes."""
     from bot.worker_client.base import WorkerError
+    from model_worker.wire.protocol import protocol_mismatch
 
     last = None
     while True:
@@ -114,6 +135,9 @@ async def wait_until_ready(worker: WorkerClient, *, poll_s: float = 0.5) -> None
             info, progress = None, f"waiting for the worker ({exc.code})"
         else:
             progress = info.progress or "loading"
+            mismatch = protocol_mismatch(info, where="the worker")
+            if mismatch:
+                raise SettingsError(mismatch)
         if info is not None and info.ready:
             log.info("model ready (%s on %s)", info.model or "model", info.device or "?")
             return

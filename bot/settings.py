@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from model_worker.wire.protocol import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_REQUEST_TIMEOUT_S
+
 #: A comma-separated list in the environment ("a,b,c"), a tuple in code.
 IdList = Annotated[tuple[str, ...], NoDecode]
 
@@ -51,18 +53,20 @@ class Settings(BaseSettings):
     worker_device: str = "auto"  # auto, cuda, cuda:N, cpu
     worker_dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     worker_restart_backoff_s: float = Field(2.0, gt=0, le=300)
-    worker_request_timeout_s: float = Field(600.0, gt=0)
+    worker_request_timeout_s: float = Field(DEFAULT_REQUEST_TIMEOUT_S, gt=0)
+    worker_step_timeout_s: float | None = Field(None, gt=0)  # unset: the worker's own default per device
     queue_url: SecretStr | None = None  # redis:// or rediss:// for several workers; unset: local worker
 
     # --- storage ---
     data_dir: Path = Path("./data")
     image_retention_days: float = Field(30.0, gt=0)
     image_retention_bytes: int = Field(2_000_000_000, gt=0)
+    conversation_retention_days: float | None = Field(None, gt=0)  # unset: conversation text is kept
 
     # --- behaviour ---
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     default_language: Literal["en", "ja"] = "en"
-    max_image_bytes: int = Field(20_000_000, gt=0)
+    max_image_bytes: int = Field(DEFAULT_MAX_IMAGE_BYTES, gt=0)
     max_image_pixels: int = Field(50_000_000, gt=0)
     max_image_side: int = Field(2048, ge=224)
     max_images_per_message: int = Field(4, ge=1, le=10)

@@ -15,6 +15,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "make-tiny": ("make_tiny", "write tiny random weights in the real file formats (tests, dry runs)"),
     "generate": ("generate", "answer one prompt or conversation from the command line"),
     "embed": ("embed", "write an image's projected embeddings as a NumPy array"),
+    "health": ("health", "ask a running worker whether it is healthy (exit 0) or stuck (exit 1)"),
 }
 
 

@@ -61,6 +61,7 @@ def rejected_image_text(rejected: Rejected, lang: str, *, max_bytes: int, max_pi
         "too_many_pixels": "image_too_many_pixels",
         "corrupt": "image_corrupt",
         "no_access": "attachment_no_access",
+        "fetch_failed": "attachment_fetch_failed",
     }[rejected.reason]
     return t(key, lang, name=rejected.filename or "?", accepted=ACCEPTED_TYPES,
              limit_mb=_megabytes(max_bytes), limit_mp=round(max_pixels / 1_000_000))

@@ -34,7 +34,10 @@ _EN: dict[str, str] = {
         "- Press Stop to end an answer early."
     ),
     "reset_done": "Started a new conversation. Earlier messages here are forgotten.",
+    "reset_where": "Nothing was reset: this command cannot tell which conversation you mean. To start over, "
+    "type `reset` in the conversation's thread (in a DM, anywhere in the DM).",
     "empty_message": "Send some text or an image and I'll answer.",
+    "message_cut": "Your message was longer than the model can read, so I answered its beginning.",
     # attachments
     "image_unsupported": "{name} was skipped: it is not a supported image. Accepted: {accepted}.",
     "image_too_large": "{name} was skipped: it is larger than {limit_mb} MB.",
@@ -42,6 +45,8 @@ _EN: dict[str, str] = {
     "image_corrupt": "{name} was skipped: it could not be read (damaged or incomplete). Accepted: {accepted}.",
     "image_too_many": "Only the first {limit} images were used.",
     "attachment_no_access": "{name} was skipped: I could not download it.",
+    "attachment_fetch_failed": "{name} was skipped: I could not fetch it (the download failed or took too "
+    "long). Try sending it again.",
     # limits and access
     "rate_limited": "You're sending messages faster than I can answer. Try again in {seconds} s.",
     "too_many_in_flight": "Please wait until your current answer is finished (or press Stop), then try again.",
@@ -60,6 +65,8 @@ _EN: dict[str, str] = {
     "cmd_reset_description": "Start a new conversation here",
     "cmd_help_description": "How to use this bot",
     "cancel_not_allowed": "Only the person who asked (or an admin) can stop this answer.",
+    "thread_refused": "I may not open or post in a thread here (missing permission), so I'm answering in the "
+    "channel instead.",
     "cmd_reset_name": "reset",  # Discord slash-command names (lower case, no spaces)
     "cmd_help_name": "help",
     # console
@@ -93,7 +100,10 @@ _JA: dict[str, str] = {
         "- 停止ボタンで回答を途中で止められます。"
     ),
     "reset_done": "新しい会話を始めました。ここでのこれまでの発言は忘れました。",
+    "reset_where": "リセットしていません: このコマンドではどの会話のことか分かりません。やり直すには、その会話の"
+    "スレッドで `リセット`（reset）と書いてください（DM では DM のどこでも構いません）。",
     "empty_message": "テキストか画像を送ってください。",
+    "message_cut": "メッセージがモデルの読める長さを超えていたため、最初の部分に回答しました。",
     "image_unsupported": "{name} はスキップしました: 対応していない画像です。対応形式: {accepted}。",
     "image_too_large": "{name} はスキップしました: {limit_mb} MB を超えています。",
     "image_too_many_pixels": "{name} はスキップしました: {limit_mp} メガピクセルを超えています。",
@@ -101,6 +111,8 @@ _JA: dict[str, str] = {
     "対応形式: {accepted}。",
     "image_too_many": "最初の {limit} 枚の画像だけを使いました。",
     "attachment_no_access": "{name} はスキップしました: ダウンロードできませんでした。",
+    "attachment_fetch_failed": "{name} はスキップしました: 取得できませんでした（ダウンロードが失敗したか、"
+    "時間がかかりすぎました）。もう一度送ってみてください。",
     "rate_limited": "送信が速すぎます。{seconds} 秒後にもう一度お試しください。",
     "too_many_in_flight": "今の回答が終わるまで（または停止してから）お待ちください。",
     "not_allowed": "申し訳ありませんが、ここでは回答できません。",
@@ -116,6 +128,7 @@ _JA: dict[str, str] = {
     "cmd_reset_description": "この場所で新しい会話を始めます",
     "cmd_help_description": "このボットの使い方",
     "cancel_not_allowed": "この回答を止められるのは質問した本人か管理者だけです。",
+    "thread_refused": "ここではスレッドを作成・投稿する権限がないため、チャンネルで回答します。",
     "cmd_reset_name": "リセット",
     "cmd_help_name": "ヘルプ",
     "console_welcome": "MiniGPT-4 とチャットします。/image パス で次のメッセージに画像を添付、"

@@ -21,13 +21,19 @@ from typing import Literal
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from bot.chat.messages import AttachmentAccessError, AttachmentRef
+from bot.chat.messages import (
+    AttachmentAccessError,
+    AttachmentError,
+    AttachmentFetchError,
+    AttachmentRef,
+    AttachmentTooLarge,
+)
 
 log = logging.getLogger(__name__)
 
 ACCEPTED_TYPES = "JPEG, PNG, WebP, GIF, BMP"
 
-RejectReason = Literal["unsupported", "too_large", "too_many_pixels", "corrupt", "no_access"]
+RejectReason = Literal["unsupported", "too_large", "too_many_pixels", "corrupt", "no_access", "fetch_failed"]
 
 
 @dataclass(frozen=True)
@@ -142,9 +148,9 @@ async def intake_attachment(ref: AttachmentRef, limits: ImageLimits) -> Normalis
         return Rejected(ref.filename, early)
     try:
         data = await ref.fetch()
-    except AttachmentAccessError as exc:
+    except AttachmentError as exc:
         log.warning("attachment %r could not be fetched: %s", ref.filename, exc)
-        return Rejected(ref.filename, "no_access")
+        return Rejected(ref.filename, _FETCH_REFUSALS.get(type(exc), "fetch_failed"))
     try:
         return await asyncio.to_thread(normalise_image, data, limits)
     except ImageRejected as exc:
@@ -156,6 +162,13 @@ async def intake_attachments(refs: Sequence[AttachmentRef],
                              limits: ImageLimits) -> list[NormalisedImage | Rejected]:
     """Each attachment in order, one at a time (bounded memory), accepted or rejected."""
     return [await intake_attachment(ref, limits) for ref in refs]
+
+
+_FETCH_REFUSALS: dict[type[AttachmentError], RejectReason] = {
+    AttachmentAccessError: "no_access",
+    AttachmentTooLarge: "too_large",
+    AttachmentFetchError: "fetch_failed",
+}
 
 
 def _metadata_refusal(ref: AttachmentRef, limits: ImageLimits) -> RejectReason | None:

@@ -20,13 +20,25 @@ class AttachmentRef:
     filename: str
     declared_type: str | None  # MIME type the platform reports (may be wrong or missing)
     declared_size: int | None  # bytes, as the platform reports
-    fetch: Callable[[], Awaitable[bytes]]  # downloads the bytes (raises AttachmentAccessError)
+    fetch: Callable[[], Awaitable[bytes]]  # downloads the bytes (raises an AttachmentError)
     width: int | None = None
     height: int | None = None
 
 
-class AttachmentAccessError(Exception):
+class AttachmentError(Exception):
+    """An attachment could not be used as sent; the subclass says why (each becomes its own notice)."""
+
+
+class AttachmentAccessError(AttachmentError):
     """The platform would not give us the file (for example Slack's HTML login page)."""
+
+
+class AttachmentTooLarge(AttachmentError):
+    """The download passed the size cap (it was stopped there, not read to the end)."""
+
+
+class AttachmentFetchError(AttachmentError):
+    """The download failed on the way: a network error, or it took longer than its time limit."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +49,17 @@ class PlatformProfile:
     max_message_chars: int  # one message's limit for streamed and final parts
     edit_interval_s: float  # pace of streamed edits per message
     markup: Literal["discord", "slack", "plain"] = "plain"
+
+
+@dataclass(frozen=True)
+class Membership:
+    """The author's standing in one workspace (Discord guild or Slack team): its id and the roles held."""
+
+    workspace_id: str
+    roles: tuple[str, ...] = ()
+
+
+MembershipLookup = Callable[[], Awaitable[tuple[Membership, ...]]]
 
 
 @dataclass(frozen=True)
@@ -56,6 +79,10 @@ class IncomingMessage:
     replied_to_bot: bool = False
     is_dm: bool = False
     locale: str | None = None  # platform locale such as "ja", "en-US"
+    # A DM outside any workspace (Discord): the author's memberships in the workspaces the bot shares with
+    # them, looked up only when a workspace or role rule needs them (see bot.chat.access).
+    find_memberships: MembershipLookup | None = None
+    memberships: tuple[Membership, ...] = ()
 
 
 # ---- replies the service produces ----------------------------------------------------------------
@@ -107,11 +134,14 @@ class Final(Reply):
 
 @dataclass(frozen=True)
 class Failed(Reply):
-    """A localised failure message that replaces the placeholder; the user's turn is kept."""
+    """A localised failure. With a ``request_id`` it ends that answer: ``parts`` are the answer's messages
+    from now on (the text streamed so far, then ``text`` as a short notice). Without one it is a message of
+    its own. The user's turn is kept either way."""
 
     request_id: str | None
     text: str
     code: str = "internal"
+    parts: tuple[str, ...] = ()
 
 
 ReplyKind = OpenThread | Notice | Placeholder | Streaming | Final | Failed

@@ -14,12 +14,16 @@
   ``IMAGE_RETENTION_DAYS`` are deleted, then the least recently used ones until the total is at most
   ``IMAGE_RETENTION_BYTES``. A turn whose image was deleted keeps its text; the image is left out of
   later requests (and logged).
+- **Text retention** (``CONVERSATION_RETENTION_DAYS``; off: kept): turns older than that are deleted with
+  their text, at open and after every answer; a conversation keeps only its keys.
+- **At rest**: the data directory is created readable by its owner only (0700), the database files 0600.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -126,6 +130,7 @@ class Store:
         self._clock = clock
         self._retention_s = 30 * 86400.0
         self._retention_bytes = 2_000_000_000
+        self._text_retention_s: float | None = None
 
     @classmethod
     async def open(cls, path: Path, *, retention_days: float = 30.0,
@@ -136,13 +141,16 @@ class Store:
         connection = await loop.run_in_executor(executor, _connect, Path(path))
         store = cls(connection, executor, clock)
         store.configure_retention(max_age_days=retention_days, max_total_bytes=retention_bytes)
-        await store.prune_images()
+        await store.apply_retention()
         return store
 
-    def configure_retention(self, *, max_age_days: float, max_total_bytes: int) -> None:
-        """Set the image retention (the chat service applies the settings' values)."""
+    def configure_retention(self, *, max_age_days: float, max_total_bytes: int,
+                            text_max_age_days: float | None = None) -> None:
+        """Set the image retention and the text retention (None: keep text); the chat service applies the
+        settings' values."""
         self._retention_s = max_age_days * 86400.0
         self._retention_bytes = max_total_bytes
+        self._text_retention_s = text_max_age_days * 86400.0 if text_max_age_days else None
 
     async def close(self) -> None:
         await self._run(self._db.close)
@@ -188,7 +196,12 @@ class Store:
 
     async def list_turns(self, conversation_id: int) -> list[StoredTurn]:
         """Every turn of a conversation, oldest first, with its image hashes in order."""
-        return await self._run(self._list_turns, conversation_id)
+        return await self._run(self._list_turns, conversation_id, None, None)
+
+    async def recent_turns(self, conversation_id: int, *, limit: int, max_text_chars: int) -> list[StoredTurn]:
+        """The newest ``limit`` turns, oldest first, each text cut to its first ``max_text_chars``
+        characters (what a request can carry; a long conversation is never read whole)."""
+        return await self._run(self._list_turns, conversation_id, limit, max_text_chars)
 
     # ---- images ----
 
@@ -201,8 +214,19 @@ class Store:
         return await self._run(self._get_images, tuple(hashes))
 
     async def prune_images(self) -> int:
-        """Apply the retention rules; returns how many images were deleted."""
+        """Apply the image retention rules; returns how many images were deleted."""
         return await self._run(self._prune_images, self._retention_s, self._retention_bytes)
+
+    async def prune_text(self) -> int:
+        """Delete turns older than the text retention (if one is set); returns how many were deleted."""
+        if self._text_retention_s is None:
+            return 0
+        return await self._run(self._prune_text, self._text_retention_s)
+
+    async def apply_retention(self) -> None:
+        """Apply every retention rule (text, then images)."""
+        await self.prune_text()
+        await self.prune_images()
 
     # ---- blocking parts (store thread only) ----
 
@@ -262,14 +286,19 @@ class Store:
             raise
         return cursor.lastrowid
 
-    def _list_turns(self, conversation_id: int) -> list[StoredTurn]:
+    def _list_turns(self, conversation_id: int, limit: int | None, max_text_chars: int | None) -> list[StoredTurn]:
+        text = "substr(text, 1, ?)" if max_text_chars is not None else "text"
         rows = self._db.execute(
-            "SELECT id, role, text, author_id, platform_message_id, request_id, status, created_at "
-            "FROM turns WHERE conversation_id = ? ORDER BY id", (conversation_id,)).fetchall()
+            f"SELECT id, role, {text}, author_id, platform_message_id, request_id, status, created_at "
+            "FROM turns WHERE conversation_id = ? ORDER BY id DESC LIMIT ?",
+            (*([max_text_chars] if max_text_chars is not None else []), conversation_id,
+             -1 if limit is None else limit)).fetchall()[::-1]
         images: dict[int, list[str]] = {}
+        oldest = rows[0][0] if rows else 0
         for turn_id, sha in self._db.execute(
                 "SELECT ti.turn_id, ti.sha256 FROM turn_images ti JOIN turns t ON t.id = ti.turn_id "
-                "WHERE t.conversation_id = ? ORDER BY ti.turn_id, ti.position", (conversation_id,)):
+                "WHERE t.conversation_id = ? AND t.id >= ? ORDER BY ti.turn_id, ti.position",
+                (conversation_id, oldest)):
             images.setdefault(turn_id, []).append(sha)
         return [StoredTurn(r[0], r[1], r[2], tuple(images.get(r[0], ())), r[3], r[4], r[5], r[6], r[7])
                 for r in rows]
@@ -307,12 +336,23 @@ class Store:
         return deleted
 
 
+    def _prune_text(self, max_age_s: float) -> int:
+        with self._db:
+            deleted = self._db.execute("DELETE FROM turns WHERE created_at < ?",
+                                       (self._clock() - max_age_s,)).rowcount
+        if deleted:
+            log.info("text retention deleted %d turn(s)", deleted)
+        return deleted
+
+
 def _key_params(key: ConversationKey) -> tuple[str, str, str, str]:
     return key.platform, key.workspace_id, key.channel_id, key.thread_id
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Created 0600 before SQLite opens it; SQLite gives its -wal and -shm files the same mode.
+    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
     connection = sqlite3.connect(path, timeout=10.0)
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA foreign_keys=ON")

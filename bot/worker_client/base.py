@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from model_worker.protocol import ChatRequest, ErrorCode, ErrorEvent, Event, ReadyInfo
+from model_worker.wire.protocol import ChatRequest, ErrorCode, ErrorEvent, Event, ReadyInfo
 
 
 class WorkerError(Exception):

@@ -15,12 +15,13 @@ import aiohttp
 from pydantic import ValidationError
 
 from bot.worker_client.base import WorkerInternal, WorkerUnavailable, error_from_event
-from model_worker.protocol import (
+from model_worker.wire.protocol import (
     NDJSON,
     ChatRequest,
     DoneEvent,
     ErrorEvent,
     Event,
+    HealthInfo,
     ReadyInfo,
     parse_event,
 )
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 
 _UNIX_PREFIX = "unix:"
 _MAX_LINE_BYTES = 2**20  # one NDJSON event; a done event carries the whole reply
+#: Health and readiness probes and cancels: a worker that takes longer than this to answer counts as not
+#: answering.
+_PROBE_TIMEOUT = aiohttp.ClientTimeout(total=5.0)
 
 
 class HttpWorkerClient:
@@ -36,6 +40,7 @@ class HttpWorkerClient:
 
     def __init__(self, url: str, *, token: str | None = None, connect_timeout: float = 5.0,
                  connect_attempts: int = 3, backoff_s: float = 0.25) -> None:
+        self.url = url
         self._unix_path, self._base_url = _split_url(url)
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._connect_timeout = connect_timeout
@@ -47,7 +52,7 @@ class HttpWorkerClient:
         """Stream one request's events; ``error`` events are raised as typed :class:`WorkerError`.
 
         Leaving the iteration early closes the connection, which cancels the request on the worker."""
-        body = request.model_dump_json(exclude_none=True)
+        body = await asyncio.to_thread(request.model_dump_json, exclude_none=True)  # images: large
         headers = {**self._headers, "Content-Type": "application/json", "Accept": NDJSON}
         response = await self._send("POST", "/v1/chat", data=body, headers=headers)
         finished = False
@@ -73,22 +78,41 @@ class HttpWorkerClient:
         """Ask the worker to stop a request; a no-op when it already ended or the worker is gone."""
         try:
             response = await self._send("DELETE", f"/v1/requests/{quote(request_id, safe='')}",
-                                        headers=self._headers, attempts=1)
+                                        headers=self._headers, attempts=1, timeout=_PROBE_TIMEOUT)
         except WorkerUnavailable:
             log.warning("could not reach the worker to cancel request %s", request_id)
             return
         response.release()
 
     async def ready(self) -> ReadyInfo:
-        """The worker's readiness; raises :class:`WorkerUnavailable` when it cannot be reached."""
-        response = await self._send("GET", "/readyz", headers=self._headers, attempts=1)
+        """The worker's readiness: any 200 means ready, 503 means loading (with its progress); raises
+        :class:`WorkerUnavailable` when the worker cannot be reached or answers anything else."""
+        response = await self._send("GET", "/readyz", headers=self._headers, attempts=1, timeout=_PROBE_TIMEOUT)
         async with response:
             if response.status not in (200, 503):
                 _check_response(response)
+                raise WorkerUnavailable(f"the worker answered /readyz with HTTP {response.status}")
             try:
                 return ReadyInfo.model_validate_json(await response.read())
-            except (ValidationError, aiohttp.ClientError) as exc:
-                raise WorkerUnavailable("the worker's readiness answer was unreadable") from exc
+            except (ValidationError, aiohttp.ClientError, TimeoutError):
+                log.warning("the worker at %s answered /readyz (HTTP %d) with a body this bot cannot read; "
+                            "expected JSON with 'ready' and 'protocol_version'", self.url, response.status)
+                return ReadyInfo(ready=response.status == 200, progress="unreadable readiness answer")
+
+    async def health(self) -> HealthInfo:
+        """The worker's health: 200 healthy, 503 alive but stuck (with the reason); raises
+        :class:`WorkerUnavailable` when it does not answer within a few seconds."""
+        try:
+            response = await self._send("GET", "/healthz", headers=self._headers, attempts=1,
+                                        timeout=_PROBE_TIMEOUT)
+            async with response:
+                body = await response.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise WorkerUnavailable("the worker did not answer its health check") from exc
+        try:
+            return HealthInfo.model_validate_json(body)
+        except ValidationError:
+            return HealthInfo(healthy=response.status == 200, reason=f"HTTP {response.status}")
 
     async def close(self) -> None:
         if self._session is not None:

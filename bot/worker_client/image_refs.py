@@ -8,13 +8,14 @@ the hashes; the request is then sent again with their data, and the caller never
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 
 from bot.worker_client.base import UnknownImage, WorkerClient
-from model_worker.protocol import ChatRequest, DoneEvent, Event, ImageRef, ReadyInfo, TokenEvent, Turn
+from model_worker.wire.protocol import ChatRequest, DoneEvent, Event, ImageRef, ReadyInfo, TokenEvent, Turn
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ class ImageRefClient:
 
     async def chat(self, request: ChatRequest) -> AsyncIterator[Event]:
         """Stream the request's events; an ``unknown_image`` before any token is answered by resending."""
-        data = _image_data(request)
+        data = await asyncio.to_thread(_image_data, request)  # decoding and hashing images: off the loop
         try:
             async for event in self._stream(self._with_refs(request, data), data):
                 yield event

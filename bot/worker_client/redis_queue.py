@@ -9,11 +9,13 @@ per-request stream, which this client reads back and yields as the same typed ev
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator
 
+from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -27,7 +29,10 @@ from bot.worker_client.base import (
     WorkerUnavailable,
     error_from_event,
 )
-from model_worker.protocol import (
+from model_worker.wire.protocol import (
+    BUSY_RETRY_AFTER_S,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_REQUEST_TIMEOUT_S,
     ChatRequest,
     DoneEvent,
     ErrorEvent,
@@ -37,13 +42,17 @@ from model_worker.protocol import (
     ReadyInfo,
     Turn,
 )
-from model_worker.queue_streams import (
+from model_worker.wire.queue_streams import (
     BACKLOG_SCRIPT,
     BLOCK_MS,
     DEFAULT_GROUP,
     DEFAULT_STREAM,
     ENQUEUE_SCRIPT,
+    EVENTS_TTL_S,
+    IMAGE_TTL_S,
     POSITION_SCRIPT,
+    RESERVATION_TTL_MS,
+    RESERVE_SCRIPT,
     WITHDRAW_SCRIPT,
     QueueKeys,
     cancelled_before_start,
@@ -62,8 +71,9 @@ class RedisWorkerClient:
     """:class:`~bot.worker_client.base.WorkerClient` over a Redis Streams consumer group."""
 
     def __init__(self, url: str, *, stream: str = DEFAULT_STREAM, group: str = DEFAULT_GROUP,
-                 max_queue: int = 64, request_timeout_s: float = 600.0, image_ttl_s: int = 3600,
-                 events_ttl_s: int = 900, busy_retry_after_s: float = 5.0) -> None:
+                 max_queue: int = DEFAULT_MAX_QUEUE, request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+                 image_ttl_s: int = IMAGE_TTL_S, events_ttl_s: int = EVENTS_TTL_S,
+                 busy_retry_after_s: float = BUSY_RETRY_AFTER_S) -> None:
         if max_queue < 1:
             raise ValueError("max_queue must be at least 1")
         self._redis = connect(url)
@@ -73,6 +83,7 @@ class RedisWorkerClient:
         self._image_ttl_s = image_ttl_s
         self._events_ttl_s = events_ttl_s
         self._busy_retry_after_s = busy_retry_after_s
+        self._reserve_place = self._redis.register_script(RESERVE_SCRIPT)
         self._enqueue = self._redis.register_script(ENQUEUE_SCRIPT)
         self._position = self._redis.register_script(POSITION_SCRIPT)
         self._withdraw = self._redis.register_script(WITHDRAW_SCRIPT)
@@ -115,8 +126,10 @@ class RedisWorkerClient:
             progress = "no worker is connected to the queue" if not workers else workers[0].progress
             return ReadyInfo(ready=False, progress=progress, workers=len(workers), backlog=backlog)
         first = ready[0]
+        batch = sum(info.max_batch_size or 0 for info in ready) or None
         return ReadyInfo(ready=True, model=first.model, device=first.device, dtype=first.dtype,
-                         workers=len(workers), ready_workers=len(ready), backlog=backlog)
+                         max_batch_size=batch, max_queue=self._max_queue, workers=len(workers),
+                         ready_workers=len(ready), backlog=backlog)
 
     async def close(self) -> None:
         await self._redis.aclose()
@@ -128,8 +141,12 @@ class RedisWorkerClient:
         for abandoned_rid, abandoned_entry in list(self._abandoned.items()):
             if not await self._cancel(abandoned_rid, abandoned_entry):
                 break
-        job = await self._store_images(request)
-        entry_id, position = await self._submit(job)
+        await self._reserve(rid)
+        try:
+            entry_id, position = await self._submit(await self._store_images(request))
+        except BaseException:
+            await self._unreserve(rid)
+            raise
         self._entries[rid] = entry_id
         ended = False  # by a done or error event; a timeout or a caller leaving early cancels the job
         try:
@@ -184,17 +201,32 @@ class RedisWorkerClient:
             images.append(ImageRef(sha256=sha))
         return turn.model_copy(update={"images": images})
 
+    async def _reserve(self, rid: str) -> None:
+        """Hold a place in the shared queue before any image is uploaded; :class:`WorkerBusy` when full."""
+        keys = self._keys
+        held, count = await self._reserve_place(keys=[keys.stream, keys.reservations],
+                                                args=[keys.group, self._max_queue, rid, RESERVATION_TTL_MS])
+        if held is None:
+            self._refuse_busy(rid, count)
+
+    async def _unreserve(self, rid: str) -> None:
+        with contextlib.suppress(RedisError):
+            await self._redis.zrem(self._keys.reservations, rid)
+
     async def _submit(self, job: ChatRequest) -> tuple[str, int]:
-        """Put the job on the shared stream; raise :class:`WorkerBusy` when the queue is full."""
+        """Put the job on the shared stream (using its reservation); :class:`WorkerBusy` when full."""
         keys, rid = self._keys, job.request_id
         entry_id, count = await self._enqueue(
-            keys=[keys.stream, keys.events(rid), keys.cancel(rid), keys.attempt(rid)],
+            keys=[keys.stream, keys.reservations, keys.events(rid), keys.cancel(rid), keys.attempt(rid)],
             args=[keys.group, self._max_queue, rid, job.model_dump_json(exclude_none=True)],
         )
         if entry_id is None:
-            log.info("shared queue full (%d waiting): request %s refused", count, rid)
-            raise WorkerBusy("the shared queue is full", retry_after=self._busy_retry_after_s)
+            self._refuse_busy(rid, count)
         return entry_id.decode(), int(count)
+
+    def _refuse_busy(self, rid: str, waiting: int) -> None:
+        log.info("shared queue full (%d waiting or held): request %s refused", waiting, rid)
+        raise WorkerBusy("the shared queue is full", retry_after=self._busy_retry_after_s)
 
     async def _follow(self, rid: str, entry_id: str, position: int) -> AsyncIterator[Event]:
         """Read the job's events up to ``done`` or ``error``; while no worker has it, report its place
@@ -268,7 +300,16 @@ class RedisWorkerClient:
     async def _worker_infos(self) -> list[ReadyInfo]:
         keys = [key async for key in self._redis.scan_iter(match=self._keys.worker_pattern, count=100)]
         values = await self._redis.mget(keys) if keys else []
-        return [ReadyInfo.model_validate_json(value) for value in values if value]
+        infos = []
+        for key, value in zip(keys, values, strict=True):
+            if not value:
+                continue  # expired between the scan and the read
+            try:
+                infos.append(ReadyInfo.model_validate_json(value))
+            except ValidationError:
+                log.warning("ignored the worker announcement %s: not the readiness JSON this bot expects",
+                            key.decode(errors="replace"))
+        return infos
 
 
 def _decode(rid: str, fields: dict[bytes, bytes]) -> tuple[int, Event | None]:

@@ -1,7 +1,9 @@
-"""Runs the model worker as a child process of the bot: start, watch readiness, restart with backoff, stop.
+"""Runs the model worker as a child process of the bot: start, watch readiness and health, restart, stop.
 
-Requests in flight when the worker dies fail with :class:`WorkerUnavailable` (their stream breaks); the
-chat service turns that into a friendly message, and later requests succeed once the worker is back.
+A worker that dies is restarted with backoff; so is one that is alive but unhealthy (its engine is stuck, or
+it stopped answering its health check). Requests in flight then fail with :class:`WorkerUnavailable` (their
+stream breaks); the chat service turns that into a friendly message, and later requests succeed once the
+worker is back.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ from pathlib import Path
 
 from bot.worker_client.base import WorkerUnavailable
 from bot.worker_client.http import HttpWorkerClient
+from model_worker.wire.protocol import protocol_mismatch
 
 log = logging.getLogger(__name__)
 
 _READY_POLL_S = 0.25
 _MAX_BACKOFF_S = 60.0
 _HEALTHY_AFTER_S = 60.0  # a worker that stayed up this long resets the backoff
+_UNHEALTHY_CHECKS = 2  # consecutive failed health checks before the worker is replaced
 
 
 class WorkerSupervisor:
@@ -31,8 +35,8 @@ class WorkerSupervisor:
 
     def __init__(self, *, weights: Path, socket_path: Path, device: str, dtype: str,
                  restart_backoff_s: float, python: str = sys.executable, extra_args: Sequence[str] = (),
-                 stop_grace_s: float = 10.0) -> None:
-        self._command = [python, "-m", "model_worker", "serve", "--weights", str(weights),
+                 stop_grace_s: float = 10.0, health_interval_s: float = 5.0, module: str = "model_worker") -> None:
+        self._command = [python, "-m", module, "serve", "--weights", str(weights),
                          "--socket", str(socket_path), "--device", device, "--dtype", dtype,
                          "--parent-pid", str(os.getpid()),
                          # Running answers get half our grace period to finish, so a stop never needs SIGKILL.
@@ -40,6 +44,7 @@ class WorkerSupervisor:
         self._socket_path = socket_path
         self._restart_backoff_s = restart_backoff_s
         self._stop_grace_s = stop_grace_s
+        self._health_interval_s = health_interval_s
         self._process: asyncio.subprocess.Process | None = None
         self._ready = False
         self._changed = asyncio.Condition()  # notified when readiness or the restart count changes
@@ -109,13 +114,32 @@ class WorkerSupervisor:
             await self._set_state(ready=False, restarted=True)
 
     async def _watch_one_life(self) -> int | None:
-        """Follow the current child until it exits: log its loading progress, then mark it ready."""
+        """Follow the current child until it exits: log its loading progress, mark it ready, then watch its
+        health and kill it when it is stuck (the caller restarts it)."""
         process = self._process
-        readiness = asyncio.create_task(self._follow_loading())
+        watch = asyncio.create_task(self._follow_loading_then_health(process))
         try:
             return await process.wait()
         finally:
-            readiness.cancel()
+            watch.cancel()
+
+    async def _follow_loading_then_health(self, process: asyncio.subprocess.Process) -> None:
+        await self._follow_loading()
+        failures = 0
+        while failures < _UNHEALTHY_CHECKS:
+            await asyncio.sleep(self._health_interval_s)
+            problem = await self._health_problem()
+            failures = failures + 1 if problem else 0
+        log.error("the model worker (pid %d) is alive but unhealthy: %s; replacing it", process.pid, problem)
+        await self._set_state(ready=False)
+        process.kill()  # a stuck engine thread would hold up a graceful stop
+
+    async def _health_problem(self) -> str | None:
+        try:
+            health = await self.client.health()
+        except WorkerUnavailable:
+            return "it does not answer its health check"
+        return None if health.healthy else (health.reason or "it reports itself unhealthy")
 
     async def _follow_loading(self) -> None:
         last_progress = None
@@ -125,6 +149,9 @@ class WorkerSupervisor:
             except WorkerUnavailable:
                 info = None
             if info is not None and info.ready:
+                mismatch = protocol_mismatch(info, where=str(self._socket_path))
+                if mismatch:
+                    log.error("%s", mismatch)
                 log.info("the model worker is ready (%s on %s)", info.model or "model", info.device or "?")
                 await self._set_state(ready=True)
                 return

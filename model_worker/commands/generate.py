@@ -11,7 +11,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from model_worker.commands.model_flags import add_model_arguments
-from model_worker.protocol import ChatRequest, GenerationParams, ImageRef, Turn
+from model_worker.wire.protocol import ChatRequest, GenerationParams, ImageRef, Turn
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,7 +55,9 @@ def _request(args: argparse.Namespace) -> ChatRequest:
 
 
 def run(args: argparse.Namespace) -> int:
-    from model_worker.engine_api import EngineError
+    from model_worker.engine.engine import load_engine
+    from model_worker.engine.options import EngineOptions
+    from model_worker.engine.sequence import EngineError
     from model_worker.model.weights import WeightsError
 
     try:
@@ -65,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     started = time.perf_counter()
     try:
-        engine = _load_engine(args)
+        engine = load_engine(args.weights, device=args.device, dtype=args.dtype, quantize=args.quantize,
+                             options=EngineOptions(max_batch_size=1))
     except (WeightsError, ValueError) as exc:
         print(f"error: cannot load the weights: {exc}", file=sys.stderr)
         return 1
@@ -79,15 +82,6 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
     return 0
-
-
-def _load_engine(args: argparse.Namespace):
-    """The batched engine (one row) on the model as the flags ask."""
-    from model_worker.batched_engine import BatchedEngine
-    from model_worker.model.loader import load_model
-
-    loaded = load_model(args.weights, device=args.device, dtype=args.dtype, quantize=args.quantize)
-    return BatchedEngine(loaded, max_batch_size=1)
 
 
 def _generate(engine, request: ChatRequest, *, stream: bool) -> dict:

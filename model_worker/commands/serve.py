@@ -1,4 +1,5 @@
-"""``python -m model_worker serve``: the worker's HTTP API on a Unix socket (default) or loopback TCP."""
+"""``python -m model_worker serve``: the worker's HTTP APIs (its own NDJSON one and an OpenAI-compatible
+one) on a Unix socket (default) or TCP."""
 
 from __future__ import annotations
 
@@ -13,10 +14,19 @@ from model_worker.commands.throughput_flags import (
     add_throughput_arguments,
     engine_options_from_args,
     max_tokens_in_flight,
+    positive,
 )
-from model_worker.logging_setup import configure_logging
-from model_worker.scheduler import SchedulerLimits
-from model_worker.serving import ServeConfig, ServeError, serve
+from model_worker.scheduling.scheduler import SchedulerLimits
+from model_worker.serve.process import ServeConfig, ServeError, serve
+from model_worker.wire.logs import configure_logging
+from model_worker.wire.protocol import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_REQUEST_TIMEOUT_S,
+    IMAGE_DOWNLOAD_TIMEOUT_S,
+)
+from model_worker.wire.queue_streams import DEFAULT_CLAIM_IDLE_MS, DEFAULT_MAX_ATTEMPTS
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also take jobs from the shared Redis Streams queue (redis://[:password@]host:port/db "
                              "or rediss:// for TLS); without URL, from $QUEUE_URL, which keeps the password out "
                              "of ps. The HTTP API still answers health, readiness and metrics")
-    parser.add_argument("--claim-idle-ms", type=_positive(int), default=30_000, metavar="MS",
-                        help="with --queue: take over a job whose worker has been silent this long (default 30000)")
+    parser.add_argument("--claim-idle-ms", type=positive(int), default=DEFAULT_CLAIM_IDLE_MS, metavar="MS",
+                        help="with --queue: take over a job whose worker has been silent this long "
+                             f"(default {DEFAULT_CLAIM_IDLE_MS})")
+    parser.add_argument("--max-attempts", type=positive(int), default=DEFAULT_MAX_ATTEMPTS, metavar="N",
+                        help="with --queue: start a job at most N times; then the bot gets an error and the job "
+                             f"goes to the dead-letter stream (default {DEFAULT_MAX_ATTEMPTS})")
     parser.add_argument("--consumer-name", metavar="NAME",
                         help="with --queue: this worker's name in the consumer group (default host-pid)")
     parser.add_argument("--token-env", default="WORKER_TOKEN", metavar="NAME",
@@ -42,14 +56,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token", help="the bearer token itself (visible to local users in ps; prefer the env)")
     parser.add_argument("--device", default="auto", help="auto, cuda, cuda:N or cpu")
     parser.add_argument("--dtype", default="auto", choices=("auto", "float16", "bfloat16", "float32"))
-    parser.add_argument("--max-batch-size", type=_positive(int), default=8,
-                        help="sequences decoded together at most (default 8)")
-    parser.add_argument("--max-queue", type=_positive(int), default=64,
-                        help="requests that may wait beyond the running batch; more are told busy (default 64)")
-    parser.add_argument("--request-timeout", type=_positive(float), default=600.0, metavar="SECONDS",
-                        help="longest time one request may take, queue included (default 600)")
-    parser.add_argument("--max-body-mb", type=_positive(float), default=64.0,
-                        help="largest request body accepted, images included (default 64)")
+    parser.add_argument("--max-queue", type=positive(int), default=DEFAULT_MAX_QUEUE,
+                        help=f"requests that may wait beyond the running batch; more are told busy "
+                             f"(default {DEFAULT_MAX_QUEUE})")
+    parser.add_argument("--request-timeout", type=positive(float), default=DEFAULT_REQUEST_TIMEOUT_S,
+                        metavar="SECONDS", help="longest time one request may take, queue included "
+                                                f"(default {DEFAULT_REQUEST_TIMEOUT_S:g})")
+    parser.add_argument("--max-body-mb", type=positive(float), default=DEFAULT_MAX_BODY_BYTES / 2**20,
+                        help=f"largest request body accepted, images included (default {DEFAULT_MAX_BODY_BYTES // 2**20})")
+    parser.add_argument("--step-timeout", type=positive(float), default=None, metavar="SECONDS",
+                        help="the watchdog: when one engine step (or a request's preparation) runs longer than "
+                             "this, /healthz turns unhealthy "
+                             "so that a supervisor replaces the worker (default 120 on CUDA, 900 on CPU)")
+    parser.add_argument("--allow-remote-images", action="store_true",
+                        help="let the OpenAI-compatible API fetch http(s) image URLs (at most "
+                             f"{DEFAULT_MAX_IMAGE_BYTES // 1_000_000} MB and {IMAGE_DOWNLOAD_TIMEOUT_S:g} s each; "
+                             "anyone who can reach the API can then make the worker fetch URLs); "
+                             "off: only data: URLs are taken")
     parser.add_argument("--shutdown-grace", type=float, default=30.0, metavar="SECONDS",
                         help="on SIGTERM, how long running answers may finish before they are stopped")
     parser.add_argument("--parent-pid", type=int, metavar="PID",
@@ -80,15 +103,16 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         token=token,
         device=args.device,
         dtype=args.dtype,
-        max_batch_size=args.max_batch_size,
         limits=SchedulerLimits(max_queue=args.max_queue, request_timeout_s=args.request_timeout,
-                               max_tokens_in_flight=max_tokens_in_flight(args)),
+                               max_tokens_in_flight=max_tokens_in_flight(args), step_timeout_s=args.step_timeout),
         engine_options=engine_options_from_args(args),
         max_body_bytes=int(args.max_body_mb * 2**20),
+        allow_remote_images=args.allow_remote_images,
         shutdown_grace_s=args.shutdown_grace,
         parent_pid=args.parent_pid,
         queue_url=_queue_url(args),
         claim_idle_ms=args.claim_idle_ms,
+        max_attempts=args.max_attempts,
         consumer_name=args.consumer_name,
     )
 
@@ -101,14 +125,3 @@ def _queue_url(args: argparse.Namespace) -> str | None:
         raise ServeError("--queue needs redis://[:password@]host:port/db or rediss://... "
                          "(given on the command line or in QUEUE_URL)")
     return url
-
-
-def _positive(kind: type) -> object:
-    def parse(text: str) -> object:
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
-        return value
-
-    parse.__name__ = kind.__name__
-    return parse

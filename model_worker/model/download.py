@@ -5,12 +5,18 @@ checks them itself); the two LAVIS files come over plain HTTPS with resume (``Ra
 file), a size check against the server's length and a hash check (a known SHA-256, or the MD5 that Google
 Cloud Storage reports in ``x-goog-hash``). Without network the command fails at once, listing the
 missing files and where to get them.
+
+Pins: the weights directory's ``sources.lock.json`` records the SHA-256 of each LAVIS file and the commit
+of each hub repository the files came from. Once recorded (by the first download, or written by the
+operator from a trusted copy), every later download takes the hub files at exactly that commit and refuses
+a LAVIS file whose SHA-256 differs, so a changed upstream file is never taken silently.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import logging
 import socket
 import urllib.error
@@ -25,6 +31,7 @@ log = logging.getLogger(__name__)
 
 LAVIS_BASE = "https://storage.googleapis.com/sfr-vision-language-research/LAVIS/models/BLIP2"
 HF_ENDPOINT = "https://huggingface.co"
+PINS_FILE = "sources.lock.json"
 _CHUNK = 1 << 20
 
 
@@ -115,28 +122,64 @@ def check_network(files: list[UrlFile | HubFile], *, hub_endpoint: str, timeout:
 
 def download_all(dest: Path, *, files: tuple[UrlFile | HubFile, ...] = ARTEFACTS,
                  hub_endpoint: str = HF_ENDPOINT, timeout: float = 10.0) -> None:
-    """Fetch every missing artefact into ``dest`` (resuming partial files), or raise :class:`DownloadError`."""
+    """Fetch every missing artefact into ``dest`` (resuming partial files) as the pins say, recording the
+    pins of what had none; or raise :class:`DownloadError`."""
     dest = Path(dest)
     needed = missing_files(dest, files)
     if not needed:
         return
     check_network(needed, hub_endpoint=hub_endpoint, timeout=timeout)
+    pins = read_pins(dest)
     for item in needed:
         if isinstance(item, UrlFile):
-            fetch_url(item.url, dest / item.dest, sha256=item.sha256, timeout=timeout)
+            target = dest / item.dest
+            fetch_url(item.url, target, sha256=item.sha256 or pins.get(item.dest), timeout=timeout)
+            pins.setdefault(item.dest, _sha256_of(target))
         else:
-            _fetch_hub(item, dest, endpoint=hub_endpoint)
+            pins[item.repo_id] = _fetch_hub(item, dest, endpoint=hub_endpoint, revision=pins.get(item.repo_id))
+        _write_pins(dest, pins)
 
 
-def _fetch_hub(item: HubFile, dest: Path, *, endpoint: str) -> None:
-    from huggingface_hub import hf_hub_download
+def read_pins(dest: Path) -> dict[str, str]:
+    """The weights directory's pins: LAVIS file name -> SHA-256, hub repository -> commit."""
+    path = Path(dest) / PINS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        pins = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise DownloadError(f"{path} is not valid JSON ({exc}); fix or delete it") from exc
+    if not isinstance(pins, dict) or not all(isinstance(v, str) for v in pins.values()):
+        raise DownloadError(f"{path} must map file names and repositories to hashes and commits")
+    return pins
+
+
+def _write_pins(dest: Path, pins: dict[str, str]) -> None:
+    (dest / PINS_FILE).write_text(json.dumps(pins, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fetch_hub(item: HubFile, dest: Path, *, endpoint: str, revision: str | None) -> str:
+    """Download one hub file at ``revision`` (a pinned commit; the newest when None); returns its commit."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     local_dir = (dest / item.dest).parent
     try:
-        hf_hub_download(item.repo_id, item.filename, local_dir=local_dir, endpoint=endpoint)
+        commit = revision or get_hf_file_metadata(
+            hf_hub_url(item.repo_id, item.filename, revision="main", endpoint=endpoint)).commit_hash
+        hf_hub_download(item.repo_id, item.filename, local_dir=local_dir, endpoint=endpoint, revision=commit)
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as exc:
-        raise DownloadError(f"could not fetch {item.filename} from {item.repo_id}: {exc}") from exc
+        raise DownloadError(f"could not fetch {item.filename} from {item.repo_id} at {revision or 'main'}: "
+                            f"{exc}") from exc
+    return commit
 
 
 def _open(url: str, offset: int, timeout: float):

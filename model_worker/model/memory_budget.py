@@ -3,11 +3,11 @@ weights, turned into a batch size, a tokens-in-flight allowance and a prefix-cac
 
 Sized after the weights are loaded. Every position of every layer keeps a key and a value of the hidden
 width: 2 x 36 layers x 2816 x 2 bytes = 405,504 bytes per token at the real shapes in bfloat16 or float16.
-The running batch is left-padded to its longest row, so its KV takes rows x the longest row's length; a
-row can reach the whole context, so the batch size is what memory must cover. While sequences join the
-batch (and while a batch is prefilled) the engine holds the old and the new KV tensors at once: the plan
-counts ``transient_copies`` copies of the running KV. The prefix cache keeps finished answers' own KV,
-unpadded, once.
+A row of the batch can reach the whole context, so the batch size is what memory must cover. The plan
+counts ``transient_copies`` copies of a full-context row: the decode batch's KV cache (model_worker/engine/
+kv_cache.py: one slot per row, kept allocated), and while rows are prefilled together the prefill's own
+output and the per-row copies taken from it (engine/prefill.py), both beside that cache. The prefix cache
+keeps finished answers' own KV, unpadded, once.
 """
 
 from __future__ import annotations
@@ -25,11 +25,12 @@ DEFAULT_FREE_SHARE = 0.9
 PREFIX_CACHE_SHARE = 0.25
 #: Allocator slack, the sampler, Python objects: held whatever the batch.
 FIXED_WORKSPACE_BYTES = 256 * 2**20
-#: Old and new KV during a join or a batched prefill (model_worker/batch.py).
-TRANSIENT_KV_COPIES = 2
+#: The batch's KV cache, plus a batched prefill's output and its per-row copies (see the module's text).
+TRANSIENT_KV_COPIES = 3
 #: The budget's share kept for what the plan does not itemise: freed memory malloc has not handed back,
 #: the model's smaller temporaries. Measured (benchmarks.small_hosts --budget-check 4 --budget-context 512,
-#: bfloat16): a full batch of 8 grew 4.38 GiB, 10% past the 3.99 GiB the plan itemised.
+#: bfloat16, the engine before its static KV cache, two copies counted): a full batch of 8 grew 4.38 GiB,
+#: 10% past the 3.99 GiB the plan itemised.
 UNPLANNED_SHARE = 0.15
 
 

@@ -13,7 +13,7 @@ so that removal cannot assemble a new one). Nothing else is touched: spaces, tab
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -115,32 +115,83 @@ def fit_context(
     The most recent image-carrying turn is kept as long as the prompt still fits with it; the newest
     (last) turn is always kept, and :class:`ContextTooLongError` is raised when it alone cannot fit.
     Returns the kept turns (in order) and their tokenized prompt.
+
+    Each turn is tokenized at most once: turns are taken in the reverse of the drop order (the newest, the
+    latest image turn, then the others from newest to oldest) while their token counts fit, and the turns
+    before the first that does not fit are never tokenized. The kept prompt is then tokenized once as the
+    reference does (by segments between images); should sentencepiece join pieces across a turn boundary so
+    that it comes out longer than the sum, the next turn in the drop order goes too, until it fits.
     """
     budget = context_length - max_new_tokens
     order = _drop_order(turns)
+    kept = {len(turns) - 1}
+    used = _token_count(f"{ASSISTANT_SPEAKER}: ", tokenizer) + _turn_cost(turns[-1], tokenizer, num_queries)
+    for index in reversed(order):
+        used += _turn_cost(turns[index], tokenizer, num_queries)
+        if used > budget:
+            break
+        kept.add(index)
+    while True:
+        chosen = [turn for index, turn in enumerate(turns) if index in kept]
+        prompt = tokenize_prompt(build_prompt(chosen), tokenizer, num_queries=num_queries)
+        if prompt.length <= budget:
+            return chosen, prompt
+        if len(kept) == 1:
+            raise ContextTooLongError(prompt.length, max(budget, 0))
+        kept.remove(next(index for index in order if index in kept))
 
-    def without(count: int) -> tuple[list[TurnLike], TokenizedPrompt]:
-        dropped = set(order[:count])
-        kept = [t for i, t in enumerate(turns) if i not in dropped]
-        return kept, tokenize_prompt(build_prompt(kept), tokenizer, num_queries=num_queries)
 
-    best = without(0)
-    if best[1].length <= budget:
-        return best
-    best = without(len(order))
-    if best[1].length > budget:
-        raise ContextTooLongError(best[1].length, max(budget, 0))
-    # Binary search for the fewest drops that fit (each dropped turn only shortens the prompt).
-    low, high = 1, len(order)
-    while low < high:
-        middle = (low + high) // 2
-        candidate = without(middle)
-        if candidate[1].length <= budget:
-            high, best = middle, candidate
-        else:
-            low = middle + 1
-    return best
+def _turn_cost(turn: TurnLike, tokenizer: Tokenizer, num_queries: int) -> int:
+    """Positions a turn's line and the newline after it take in the prompt."""
+    parts = (turn_line(turn) + "\n").split(IMAGE_SLOT)
+    return sum(_token_count(part, tokenizer) for part in parts) + _image_count(turn) * num_queries
+
+
+def _token_count(text: str, tokenizer: Tokenizer) -> int:
+    return len(tokenizer.encode(text)) if text else 0
 
 
 def _image_count(turn: TurnLike) -> int:
     return len(turn.images) if turn.role == "user" else 0
+
+
+def fit_question(turns: Sequence[TurnLike], tokenizer: Tokenizer, *, num_queries: int, max_new_tokens: int,
+                 context_length: int, cut: Callable[[TurnLike, int], TurnLike] | None,
+                 ) -> tuple[list[TurnLike], TokenizedPrompt, bool]:
+    """:func:`fit_context`, except that a newest turn too long to fit on its own is cut (its start is kept,
+    ``cut(turn, chars)`` shortens a turn) to the longest start that fits, alone. Returns the kept turns,
+    their prompt, and whether the question was cut; :class:`ContextTooLongError` when even its images
+    alone do not fit, or when the question is too long and ``cut`` is None."""
+    def fitted(candidate: Sequence[TurnLike]) -> tuple[list[TurnLike], TokenizedPrompt]:
+        return fit_context(candidate, tokenizer, num_queries=num_queries, max_new_tokens=max_new_tokens,
+                           context_length=context_length)
+
+    try:
+        return (*fitted(turns), False)
+    except ContextTooLongError:
+        if cut is None:
+            raise
+        question = turns[-1]
+        kept_chars = _longest_fitting(len(question.text), lambda chars: _fits(fitted, [cut(question, chars)]))
+        return (*fitted([cut(question, kept_chars)]), True)
+
+
+def _fits(fitted: Callable, turns: list[TurnLike]) -> bool:
+    try:
+        fitted(turns)
+    except ContextTooLongError:
+        return False
+    return True
+
+
+def _longest_fitting(upper: int, fits: Callable[[int], bool]) -> int:
+    """The largest ``n`` in ``[0, upper]`` with ``fits(n)`` (fitting is monotonic); raises
+    :class:`ContextTooLongError` (from the caller's ``fitted``) when not even 0 fits."""
+    low, high = 0, upper
+    while low < high:
+        middle = (low + high + 1) // 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle - 1
+    return low

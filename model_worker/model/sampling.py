@@ -18,7 +18,7 @@ from transformers.generation import (
     TopPLogitsWarper,
 )
 
-from model_worker.protocol import GenerationParams
+from model_worker.wire.protocol import GenerationParams
 
 
 @dataclass

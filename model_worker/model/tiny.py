@@ -72,7 +72,8 @@ def scaled_sizes(scale: int) -> tuple[dict, dict]:
     return {"vision": vision, "qformer": qformer}, llm
 
 
-def _llm_config(vocab_size: int, llm_sizes: dict) -> dict:
+def llm_config_dict(vocab_size: int, llm_sizes: dict) -> dict:
+    """A config.json for GPT-NeoX at ``llm_sizes``, as rinna's looks."""
     # Legacy field names, as rinna's config.json (written by transformers 4.x) has them.
     return {
         "architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox", **llm_sizes, "vocab_size": vocab_size,
@@ -178,7 +179,7 @@ def make_tiny(out: Path, seed: int = 0, *, scale: int = 1) -> None:
     spm_bytes = train_tokenizer(seed)
     vocab = spm.SentencePieceProcessor(model_proto=spm_bytes).get_piece_size()
     arch_sizes, llm_sizes = scaled_sizes(scale)
-    llm_dict = _llm_config(vocab, llm_sizes)
+    llm_dict = llm_config_dict(vocab, llm_sizes)
     arch = arch_from_dict(arch_sizes)
     with torch.device("meta"):
         skeleton = MiniGPT4(arch, GPTNeoXConfig.from_dict(llm_dict))

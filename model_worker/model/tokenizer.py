@@ -22,6 +22,13 @@ class Tokenizer:
         self.eos_id = self._sp.eos_id()
         self.unk_id = self._sp.unk_id()
         self.special_ids = frozenset(self._special_ids(model_dir / "tokenizer_config.json"))
+        # Ids after which decoded text may still change: bytes of a multi-byte character, dropped specials.
+        self._open_ended = self.special_ids | {i for i in range(self.vocab_size) if self._sp.is_byte(i)}
+        space = self._sp.piece_to_id("\u2581")
+        # sentencepiece strips a leading space from the first piece only for models that add a dummy prefix
+        # or collapse whitespace; rinna's does neither, so its decode is piece by piece.
+        self.decodes_piecewise = space != self.unk_id and self._sp.decode([space]) == " "
+        self._piece_texts: dict[int, str] = {}
 
     def _special_ids(self, config_path: Path) -> set[int]:
         ids = {i for i in range(self.vocab_size) if self._sp.is_control(i) or self._sp.is_unknown(i)}
@@ -43,6 +50,22 @@ class Tokenizer:
     def decode(self, ids: list[int]) -> str:
         """Text of ``ids`` with special ids dropped (not stripped: the caller strips the final reply)."""
         return self._sp.decode([i for i in ids if i not in self.special_ids])
+
+    def closes_text(self, token_id: int) -> bool:
+        """Whether the text decoded up to and including ``token_id`` is final whatever follows (when
+        :attr:`decodes_piecewise`): it is a plain piece, not a byte of a character or a special id."""
+        return token_id not in self._open_ended
+
+    def text_of(self, ids: list[int]) -> str:
+        """:meth:`decode` for ids that start after a closing id and end with one (see :meth:`closes_text`),
+        when :attr:`decodes_piecewise`: plain pieces are looked up one by one instead of decoded."""
+        if not all(token_id not in self._open_ended for token_id in ids):
+            return self.decode(ids)
+        texts = self._piece_texts
+        for token_id in ids:
+            if token_id not in texts:
+                texts[token_id] = self._sp.decode([token_id])
+        return "".join(texts[token_id] for token_id in ids)
 
     def id_to_piece(self, token_id: int) -> str:
         return self._sp.id_to_piece(token_id)

@@ -4,6 +4,21 @@ It serves one guild with one text channel, keeps the messages and threads it is 
 gateway events the way the real service does (MESSAGE_CREATE for every posted message, THREAD_CREATE after
 a thread is started), and records every REST request with a monotonic timestamp so that tests can assert
 what the bot did. Details that discord.py 2.7 depends on are listed in ``shared/reference/platforms.md``.
+
+It can be as unkind as the real service, each switch per test:
+
+- CDN bodies go out in pieces over time (:class:`~tests.fakes.bodies.Delivery`; by default 16 KiB a few
+  ms apart), and can break off or stall;
+- :meth:`FakeDiscord.rate_limit` answers every n-th matching request with a 429 exactly as Discord does
+  (JSON body with ``retry_after`` and ``global``, the ``X-RateLimit-*`` headers and ``Via``, which
+  discord.py needs to wait and retry instead of treating it as a Cloudflare ban);
+- :meth:`FakeDiscord.refuse` answers matching requests with an error such as 403 / 50013 Missing
+  Permissions; :meth:`FakeDiscord.delete_message` makes later edits answer 404 / 10008 Unknown Message;
+- :meth:`FakeDiscord.drop_gateway` closes the gateway connection; the client RESUMEs (events dispatched
+  meanwhile are replayed) or, when the session is not resumable, is told INVALID_SESSION and IDENTIFYs
+  again (events meanwhile are lost); :meth:`FakeDiscord.redeliver` dispatches a message once more;
+- :meth:`FakeDiscord.after` runs an action right after the first matching request was answered (to
+  strike in the middle of an answer).
 """
 
 from __future__ import annotations
@@ -20,18 +35,34 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from tests.fakes.bodies import Delivery, SentBody, send_body
+from tests.fakes.faults import EveryNth, Hooks
 from tests.fakes.loopback import serve_on_loopback, stop_serving
 
 MESSAGE_CONTENT_INTENT = 1 << 15
 JSON_HEADERS = {"Content-Type": "application/json"}  # exactly this: discord.py ignores "; charset=..."
+GATEWAY_HISTORY = 1_000  # dispatched frames kept for a RESUME
 
 
-@dataclass(frozen=True)
+@dataclass
 class RecordedRequest:
     method: str
     path: str  # without the /api/v10 prefix
     body: Any
     at: float  # time.monotonic() when the fake received it
+    status: int = 200  # what the fake answered
+
+
+@dataclass
+class _Fault:
+    """An error answer for matching requests (every time, or every n-th)."""
+
+    method: str
+    pattern: re.Pattern[str]
+    status: int
+    payload: dict[str, Any]
+    which: EveryNth
+    retry_after: float | None = None  # set for 429s
 
 
 @dataclass
@@ -68,6 +99,9 @@ class FakeDiscord:
     threads: dict[int, dict[str, Any]] = field(default_factory=dict)
     commands: list[dict[str, Any]] = field(default_factory=list)
     identify: dict[str, Any] | None = None
+    delivery: Delivery = field(default_factory=Delivery)  # how CDN bodies are sent
+    cdn_bodies: dict[str, SentBody] = field(default_factory=dict)  # by CDN path, the latest response
+    gateway_log: list[str] = field(default_factory=list)  # IDENTIFY, RESUME, RESUMED, INVALID_SESSION
 
     def __post_init__(self) -> None:
         self._ids = itertools.count(1_200_000_000_000_000_000)
@@ -80,10 +114,18 @@ class FakeDiscord:
         self.bot = FakeUser(self.application_id, "minigpt4", bot=True, roles=(self.bot_role_id,))
         self.user = FakeUser(self.new_id(), "alice", roles=(self.member_role_id,))
         self.stranger = FakeUser(self.new_id(), "mallory")
-        self._cdn: dict[str, tuple[bytes, str]] = {}
+        self.outsider = FakeUser(self.new_id(), "eve")  # shares no guild with the bot
+        self.members = {u.id: u for u in (self.bot, self.user, self.stranger)}
+        self._cdn: dict[str, tuple[bytes, str, Delivery | None]] = {}
         self._interaction_channels: dict[str, int] = {}
         self._sockets: list[web.WebSocketResponse] = []
+        self._socket: web.WebSocketResponse | None = None  # the connection of the current session
+        self._session = 0
+        self._resumable = True
         self._seq = itertools.count(1)
+        self._frames: list[tuple[int, str]] = []
+        self._faults: list[_Fault] = []
+        self._hooks = Hooks()
         self._guild_sent = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -99,7 +141,12 @@ class FakeDiscord:
         return self
 
     async def stop(self) -> None:
+        await self._hooks.cancel()
         await stop_serving(self._runner, self._sockets)
+
+    async def struck(self) -> None:
+        """Wait until the actions set with :meth:`after` that have started are done."""
+        await self._hooks.settle()
 
     @property
     def api_base_url(self) -> str:
@@ -120,11 +167,12 @@ class FakeDiscord:
 
     def add_attachment(self, filename: str, data: bytes, content_type: str | None, *,
                        width: int | None = None, height: int | None = None,
-                       declared_size: int | None = None) -> dict[str, Any]:
-        """Put a file on the CDN and return its attachment payload."""
+                       declared_size: int | None = None, delivery: Delivery | None = None) -> dict[str, Any]:
+        """Put a file on the CDN and return its attachment payload (``delivery``: how its body is sent,
+        the fake's default when None)."""
         attachment_id = self.new_id()
         path = f"{self.channel_id}/{attachment_id}/{filename}"
-        self._cdn[path] = (data, content_type or "application/octet-stream")
+        self._cdn[path] = (data, content_type or "application/octet-stream", delivery)
         url = f"http://127.0.0.1:{self.port}/attachments/{path}"
         payload = {"id": str(attachment_id), "filename": filename, "url": url, "proxy_url": url,
                    "size": len(data) if declared_size is None else declared_size}
@@ -169,9 +217,51 @@ class FakeDiscord:
                                     message=message)
 
     async def dispatch(self, event: str, data: dict[str, Any]) -> None:
-        frame = json.dumps({"op": 0, "t": event, "s": next(self._seq), "d": data})
-        for ws in list(self._sockets):
-            await ws.send_str(frame)
+        """Dispatch a gateway event; while disconnected it waits in the session's history for a RESUME."""
+        seq = next(self._seq)
+        frame = json.dumps({"op": 0, "t": event, "s": seq, "d": data})
+        self._frames = [*self._frames[-GATEWAY_HISTORY + 1:], (seq, frame)]
+        if self._socket is not None and not self._socket.closed:
+            await self._socket.send_str(frame)
+
+    async def redeliver(self, message: dict[str, Any]) -> None:
+        """Deliver a message again, as Discord may after a reconnect."""
+        await self.dispatch("MESSAGE_CREATE", message)
+
+    # ---- switchable unkindness ------------------------------------------------------------------------
+
+    def rate_limit(self, method: str, pattern: str, *, every: int, retry_after: float = 1.0,
+                   times: int | None = None) -> None:
+        """Answer every ``every``-th matching REST request with a 429 (``retry_after`` seconds)."""
+        body = {"message": "You are being rate limited.", "retry_after": retry_after, "global": False}
+        self._faults.append(_Fault(method, re.compile(pattern), 429, body, EveryNth(every, times), retry_after))
+
+    def refuse(self, method: str, pattern: str, *, status: int, code: int, message: str,
+               every: int = 1, times: int | None = None) -> None:
+        """Answer matching REST requests with an error, e.g. ``status=403, code=50013`` Missing Permissions."""
+        payload = {"message": message, "code": code}
+        self._faults.append(_Fault(method, re.compile(pattern), status, payload, EveryNth(every, times)))
+
+    def delete_message(self, message_id: int) -> None:
+        """Someone deleted a message: later edits of it answer 404 Unknown Message."""
+        self.messages.pop(message_id, None)
+
+    def after(self, method: str, pattern: str, action: Callable[[], Any]) -> None:
+        """Start ``action()`` as the fake answers the first REST request matching ``method`` and ``pattern``."""
+        self._hooks.add(method, pattern, action)
+
+    async def drop_gateway(self, *, resumable: bool = True) -> None:
+        """Close the gateway connection (code 4000). The client reconnects and RESUMEs; with
+        ``resumable=False`` the RESUME is answered INVALID_SESSION and the client IDENTIFYs again."""
+        self._resumable = resumable
+        socket, self._socket = self._socket, None
+        if socket is not None:
+            await socket.close(code=4000, message=b"Unknown error.")
+
+    def reconnected(self) -> bool:
+        """The client is connected again after a drop (RESUMEd, or IDENTIFYed anew)."""
+        return self._socket is not None and (self.gateway_log[-1:] == ["RESUMED"]
+                                             or self.gateway_log.count("IDENTIFY") > 1)
 
     # ---- what a test asserts ------------------------------------------------------------------------
 
@@ -278,40 +368,69 @@ class FakeDiscord:
                 await ws.send_json({"op": 11})
             elif packet["op"] == 2:
                 await self._identified(ws, packet["d"])
+            elif packet["op"] == 6:
+                await self._resume(ws, packet["d"])
         if ws in self._sockets:
             self._sockets.remove(ws)
         return ws
 
     async def _identified(self, ws: web.WebSocketResponse, identify: dict[str, Any]) -> None:
         self.identify = identify
+        self.gateway_log.append("IDENTIFY")
         if identify["intents"] & MESSAGE_CONTENT_INTENT and not self.message_content_enabled:
             await ws.close(code=4014, message=b"Disallowed intent(s).")
             return
+        self._session += 1
+        self._seq, self._frames, self._resumable = itertools.count(1), [], True
         self._sockets.append(ws)
+        self._socket = ws
         ready = {
             "v": 10, "user": self.bot.payload(), "guilds": [{"id": str(self.guild_id), "unavailable": True}],
-            "session_id": "fake-session", "resume_gateway_url": self.gateway_url,
+            "session_id": f"fake-session-{self._session}", "resume_gateway_url": self.gateway_url,
             "application": {"id": str(self.application_id), "flags": 0}, "private_channels": [],
         }
         await self.dispatch("READY", ready)
         await self.dispatch("GUILD_CREATE", self._guild_payload())
         self._guild_sent.set()
 
+    async def _resume(self, ws: web.WebSocketResponse, resume: dict[str, Any]) -> None:
+        """Replay what the client missed, or refuse the session (the client then IDENTIFYs anew)."""
+        self.gateway_log.append("RESUME")
+        if not self._resumable or resume.get("session_id") != f"fake-session-{self._session}":
+            self.gateway_log.append("INVALID_SESSION")
+            await ws.send_json({"op": 9, "d": False})
+            return
+        self._sockets.append(ws)
+        self._socket = ws
+        for seq, frame in self._frames:
+            if seq > (resume.get("seq") or 0):
+                await ws.send_str(frame)
+        await self.dispatch("RESUMED", {})
+        self.gateway_log.append("RESUMED")
+
     # ---- REST ----------------------------------------------------------------------------------------
 
     async def _rest(self, request: web.Request) -> web.Response:
         path = "/" + request.match_info["path"]
         body = await request.json() if request.can_read_body else None
-        self.requests.append(RecordedRequest(request.method, path, body, time.monotonic()))
-        for method, pattern, handler in self._routes():
+        recorded = RecordedRequest(request.method, path, body, time.monotonic())
+        self.requests.append(recorded)
+        fault = next((f for f in self._faults if f.method == request.method and f.pattern.fullmatch(path)
+                      and f.which.hit()), None)
+        if fault is not None:
+            recorded.status = fault.status
+            return _json_response(fault.status, fault.payload, _rate_limit_headers(fault, path))
+        recorded.status, payload = await self._route(request.method, path, body)
+        response = _json_response(recorded.status, payload)
+        self._hooks.run(request.method, path)
+        return response
+
+    async def _route(self, method: str, path: str, body: Any) -> tuple[int, Any]:
+        for route_method, pattern, handler in self._routes():
             match = re.fullmatch(pattern, path)
-            if method == request.method and match:
-                status, payload = await handler(body, *match.groups())
-                if payload is None:
-                    return web.Response(status=status)
-                return web.Response(status=status, body=json.dumps(payload).encode(), headers=JSON_HEADERS)
-        error = {"message": "404: Not Found", "code": 0}
-        return web.Response(status=404, body=json.dumps(error).encode(), headers=JSON_HEADERS)
+            if route_method == method and match:
+                return await handler(body, *match.groups())
+        return 404, {"message": "404: Not Found", "code": 0}
 
     def _routes(self) -> list[tuple[str, str, Callable[..., Any]]]:
         app = r"/applications/(\d+)"
@@ -324,6 +443,7 @@ class FakeDiscord:
             ("PATCH", r"/channels/(\d+)/messages/(\d+)", self._edit_message),
             ("POST", r"/channels/(\d+)/typing", self._typing),
             ("POST", r"/channels/(\d+)/messages/(\d+)/threads", self._start_thread),
+            ("GET", r"/guilds/(\d+)/members/(\d+)", self._get_member),
             ("POST", r"/interactions/(\d+)/([^/]+)/callback", self._interaction_callback),
             ("PUT", app + r"/commands", self._put_commands),
             ("PUT", app + r"/guilds/(\d+)/commands", self._put_commands),
@@ -355,13 +475,21 @@ class FakeDiscord:
         return 200, message
 
     async def _edit_message(self, body: dict[str, Any], channel_id: str, message_id: str) -> tuple[int, Any]:
-        message = self.messages[int(message_id)]
+        message = self.messages.get(int(message_id))
+        if message is None:
+            return 404, {"message": "Unknown Message", "code": 10008}
         for key in ("content", "components"):
             if key in body:
                 message[key] = body[key] if body[key] is not None else ([] if key == "components" else "")
         message["edited_timestamp"] = _now()
         await self.dispatch("MESSAGE_UPDATE", message)
         return 200, message
+
+    async def _get_member(self, body: Any, guild_id: str, user_id: str) -> tuple[int, Any]:
+        member = self.members.get(int(user_id)) if int(guild_id) == self.guild_id else None
+        if member is None:
+            return 404, {"message": "Unknown Member", "code": 10007}
+        return 200, member.member_payload(with_user=True)
 
     async def _typing(self, body: Any, channel_id: str) -> tuple[int, Any]:
         return 204, None
@@ -395,10 +523,29 @@ class FakeDiscord:
                               version=str(self.new_id()), guild_id=guild_id) for command in body]
         return 200, self.commands
 
-    async def _cdn_file(self, request: web.Request) -> web.Response:
+    async def _cdn_file(self, request: web.Request) -> web.StreamResponse:
         path = request.match_info["path"]
         self.requests.append(RecordedRequest("GET", "/cdn/" + path, None, time.monotonic()))
         if path not in self._cdn:
             return web.Response(status=404)
-        data, content_type = self._cdn[path]
-        return web.Response(body=data, headers={"Content-Type": content_type})
+        data, content_type, delivery = self._cdn[path]
+        record = self.cdn_bodies[path] = SentBody(path, len(data))
+        return await send_body(request, data, content_type, delivery or self.delivery, record)
+
+
+def _json_response(status: int, payload: Any, headers: dict[str, str] | None = None) -> web.Response:
+    if payload is None:
+        return web.Response(status=status)
+    return web.Response(status=status, body=json.dumps(payload).encode(), headers={**JSON_HEADERS, **(headers or {})})
+
+
+def _rate_limit_headers(fault: _Fault, path: str) -> dict[str, str]:
+    """The headers of Discord's 429: the bucket, its reset, the scope, and ``Via`` (Discord, not Cloudflare)."""
+    if fault.retry_after is None:
+        return {}
+    return {
+        "Retry-After": str(max(1, round(fault.retry_after))), "X-RateLimit-Limit": "5",
+        "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": f"{time.time() + fault.retry_after:.3f}",
+        "X-RateLimit-Reset-After": f"{fault.retry_after:.3f}", "X-RateLimit-Scope": "user",
+        "X-RateLimit-Bucket": f"fake{abs(hash(fault.pattern.pattern)) % 10**8:08d}", "Via": "1.1 google",
+    }

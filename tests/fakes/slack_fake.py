@@ -2,6 +2,19 @@
 
 The unmodified ``slack_sdk`` / ``slack_bolt`` clients talk to it over real HTTP and websockets. Every Web API
 call is recorded (method, arguments, bearer token) so that tests assert what Slack would have received.
+
+It can be as unkind as the real service, each switch per test:
+
+- file bodies go out in pieces over time (:class:`~tests.fakes.bodies.Delivery`; by default 16 KiB a few
+  ms apart), and can break off or stall;
+- :meth:`FakeSlack.rate_limit` answers every n-th call of a method with HTTP 429, ``Retry-After`` and
+  ``{"ok": false, "error": "ratelimited"}``, as Slack does per method and channel;
+- :meth:`FakeSlack.fail` answers calls with an error code (``not_in_channel``, ``channel_not_found``,
+  ``is_archived``...); :meth:`FakeSlack.delete_message` makes ``chat.update`` answer ``message_not_found``;
+- :meth:`FakeSlack.disconnect` sends Socket Mode's ``disconnect`` envelope; the client opens a new
+  connection (``apps.connections.open``) and the given envelopes are delivered again on it;
+- :meth:`FakeSlack.after` runs an action as the first matching call is answered (to strike in the
+  middle of an answer).
 """
 
 from __future__ import annotations
@@ -9,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +30,8 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from tests.fakes.bodies import Delivery, SentBody, send_body
+from tests.fakes.faults import EveryNth, Hooks
 from tests.fakes.loopback import serve_on_loopback, stop_serving
 
 BOT_TOKEN = "xoxb-fake-bot-token"
@@ -44,6 +60,18 @@ class FakeFile:
     mimetype: str
     content: bytes
     readable: bool = True  # False: as if the app lacked files:read or the file was not shared with it
+    delivery: Delivery | None = None  # how the body is sent; the fake's default when None
+
+
+@dataclass
+class _Fault:
+    """An error answer for calls of one method whose arguments include ``args`` (every n-th, or all)."""
+
+    method: str
+    error: str
+    args: dict[str, Any]
+    which: EveryNth
+    retry_after: int | None = None  # set for 429s
 
 
 @dataclass
@@ -56,6 +84,9 @@ class FakeSlack:
     responses: list[dict[str, Any]] = field(default_factory=list)  # posted to response_url
     acks: list[dict[str, Any]] = field(default_factory=list)
     files: dict[str, FakeFile] = field(default_factory=dict)
+    delivery: Delivery = field(default_factory=Delivery)  # how file bodies are sent
+    file_bodies: dict[str, SentBody] = field(default_factory=dict)  # by file id, the latest response
+    connections: int = 0  # Socket Mode connections opened so far
     port: int = 0
 
     def __post_init__(self) -> None:
@@ -65,6 +96,9 @@ class FakeSlack:
         self._connected = asyncio.Event()
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
+        self._faults: list[_Fault] = []
+        self._hooks = Hooks()
+        self._posted: set[tuple[str, str]] = set()  # (channel, ts) of messages that exist
 
     # ---- life cycle --------------------------------------------------------------------------
 
@@ -78,7 +112,12 @@ class FakeSlack:
         self._runner, self.port = await serve_on_loopback(app)
 
     async def stop(self) -> None:
+        await self._hooks.cancel()
         await stop_serving(self._runner, self._sockets)
+
+    async def struck(self) -> None:
+        """Wait until the actions set with :meth:`after` that have started are done."""
+        await self._hooks.settle()
 
     @property
     def base_url(self) -> str:
@@ -90,13 +129,51 @@ class FakeSlack:
 
     # ---- what tests use ----------------------------------------------------------------------
 
-    def add_file(self, name: str, mimetype: str, content: bytes, *, readable: bool = True) -> dict[str, Any]:
+    def add_file(self, name: str, mimetype: str, content: bytes, *, readable: bool = True,
+                 declared_size: int | None = None, delivery: Delivery | None = None) -> dict[str, Any]:
         """Host a file; returns the ``files[]`` entry an event carries for it."""
         file_id = f"F{next(self._ids):06d}"
-        self.files[file_id] = FakeFile(name, mimetype, content, readable)
+        self.files[file_id] = FakeFile(name, mimetype, content, readable, delivery)
         url = f"{self.base_url}/files/{file_id}"
-        return {"id": file_id, "name": name, "mimetype": mimetype, "size": len(content),
+        return {"id": file_id, "name": name, "mimetype": mimetype,
+                "size": len(content) if declared_size is None else declared_size,
                 "url_private": url, "url_private_download": url + "?download=1"}
+
+    # ---- switchable unkindness ---------------------------------------------------------------
+
+    def rate_limit(self, method: str, *, every: int, retry_after: int = 1, times: int | None = None) -> None:
+        """Answer every ``every``-th call of ``method`` with HTTP 429 and ``Retry-After: retry_after``."""
+        self._faults.append(_Fault(method, "ratelimited", {}, EveryNth(every, times), retry_after))
+
+    def fail(self, method: str, error: str, *, every: int = 1, times: int | None = None, **args: Any) -> None:
+        """Answer calls of ``method`` whose arguments include ``args`` with ``{"ok": false, "error": error}``."""
+        self._faults.append(_Fault(method, error, args, EveryNth(every, times)))
+
+    def delete_message(self, channel: str, ts: str) -> None:
+        """Someone deleted a message: ``chat.update`` of it answers ``message_not_found``."""
+        self._posted.discard((channel, ts))
+
+    def after(self, method: str, action: Callable[[], Any]) -> None:
+        """Start ``action()`` as the fake answers the first call of ``method``."""
+        self._hooks.add("POST", re.escape(method), action)
+
+    async def disconnect(self, *, announced: bool = True, reason: str = "refresh_requested",
+                         redeliver: list[dict[str, Any]] | None = None) -> None:
+        """Send the ``disconnect`` envelope (``announced=False``: just drop the connection); once the client
+        has connected again, deliver ``redeliver`` again (each with its retry attempt raised, as Slack
+        does for events it is unsure about)."""
+        old, before = self._sockets[-1], self.connections
+        if announced:
+            await old.send_str(json.dumps({"type": "disconnect", "reason": reason,
+                                           "debug_info": {"host": "fake-slack"}}))
+        else:
+            await old.close()
+        await self.wait_for(lambda: self.connections > before, within_s=20)
+        await old.close()
+        for envelope in redeliver or []:
+            attempt = envelope.get("retry_attempt", 0) + 1
+            await self.push(dict(envelope, envelope_id=f"{envelope['envelope_id']}-r{attempt}",
+                                 retry_attempt=attempt, retry_reason="timeout"))
 
     def calls_to(self, method: str, **args: Any) -> list[ApiCall]:
         """Recorded calls of ``method`` whose arguments include ``args``."""
@@ -104,18 +181,30 @@ class FakeSlack:
                 if call.method == method and all(call.args.get(k) == v for k, v in args.items())]
 
     def thread_posts(self, channel: str, thread_ts: str | None) -> list[ApiCall]:
-        """Messages posted (not ephemeral) in one thread, oldest first."""
+        """Messages posted (not ephemeral, not refused) in one thread, oldest first."""
         return [call for call in self.calls_to("chat.postMessage", channel=channel)
-                if call.args.get("thread_ts") == thread_ts]
+                if call.args.get("thread_ts") == thread_ts and call.result.get("ok")]
 
     def shown_text(self, channel: str, ts: str) -> str:
         """A posted message's text after every edit."""
-        updates = self.calls_to("chat.update", channel=channel, ts=ts)
+        return self._last_write(channel, ts).args["text"]
+
+    def shows_buttons(self, channel: str, ts: str) -> bool:
+        """Whether a posted message carries buttons (an ``actions`` block) after every edit."""
+        blocks = self._last_write(channel, ts).args.get("blocks") or []
+        blocks = json.loads(blocks) if isinstance(blocks, str) else blocks
+        return any(block.get("type") == "actions" for block in blocks)
+
+    def exists(self, channel: str, ts: str) -> bool:
+        """The message was posted and not deleted."""
+        return (channel, ts) in self._posted
+
+    def _last_write(self, channel: str, ts: str) -> ApiCall:
+        updates = [call for call in self.calls_to("chat.update", channel=channel, ts=ts) if call.result.get("ok")]
         if updates:
-            return updates[-1].args["text"]
-        post = next(call for call in self.calls_to("chat.postMessage", channel=channel)
+            return updates[-1]
+        return next(call for call in self.calls_to("chat.postMessage", channel=channel)
                     if call.result.get("ts") == ts)
-        return post.args["text"]
 
     def next_ts(self) -> str:
         return f"1700000000.{next(self._ts):06d}"
@@ -146,10 +235,16 @@ class FakeSlack:
         auth = request.headers.get("Authorization", "")
         token = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else args.get("token")
         call = ApiCall(method, args, token)
-        call.result = self._answer(method, args, token)
+        fault = next((f for f in self._faults if f.method == method
+                      and all(args.get(k) == v for k, v in f.args.items()) and f.which.hit()), None)
+        call.result = {"ok": False, "error": fault.error} if fault else self._answer(method, args, token)
         self.calls.append(call)
         await self._record_change()
-        return web.json_response(call.result)
+        if fault is not None and fault.retry_after is not None:
+            return web.json_response(call.result, status=429, headers={"Retry-After": str(fault.retry_after)})
+        response = web.json_response(call.result)
+        self._hooks.run("POST", method)
+        return response
 
     def _answer(self, method: str, args: dict[str, Any], token: str | None) -> dict[str, Any]:
         expected = APP_TOKEN if method == "apps.connections.open" else BOT_TOKEN
@@ -174,10 +269,13 @@ class FakeSlack:
 
     def _post_message(self, args: dict[str, Any]) -> dict[str, Any]:
         ts = self.next_ts()
+        self._posted.add((str(args.get("channel")), ts))
         return {"ok": True, "channel": args.get("channel"), "ts": ts,
                 "message": {"text": args.get("text"), "ts": ts, "user": BOT_USER_ID, "bot_id": BOT_ID}}
 
     def _update(self, args: dict[str, Any]) -> dict[str, Any]:
+        if (str(args.get("channel")), str(args.get("ts"))) not in self._posted:
+            return {"ok": False, "error": "message_not_found"}
         if len(args.get("text") or "") > UPDATE_LIMIT:
             return {"ok": False, "error": "msg_too_long"}
         return {"ok": True, "channel": args.get("channel"), "ts": args.get("ts"), "text": args.get("text")}
@@ -191,15 +289,17 @@ class FakeSlack:
 
     # ---- files and response_url ----------------------------------------------------------------
 
-    async def _file(self, request: web.Request) -> web.Response:
+    async def _file(self, request: web.Request) -> web.StreamResponse:
         auth = request.headers.get("Authorization")
         self.file_requests.append({"path": request.path, "authorization": auth})
         await self._record_change()
-        stored = self.files.get(request.match_info["file_id"])
+        file_id = request.match_info["file_id"]
+        stored = self.files.get(file_id)
         if stored is None or not stored.readable or auth != f"Bearer {BOT_TOKEN}":
             # Slack answers 200 with its sign-in page when the token may not read the file.
             return web.Response(text=LOGIN_PAGE, content_type="text/html")
-        return web.Response(body=stored.content, content_type=stored.mimetype)
+        record = self.file_bodies[file_id] = SentBody(file_id, len(stored.content))
+        return await send_body(request, stored.content, stored.mimetype, stored.delivery or self.delivery, record)
 
     async def _respond(self, request: web.Request) -> web.Response:
         self.responses.append(await request.json())
@@ -218,6 +318,8 @@ class FakeSlack:
         await ws.send_str(json.dumps({"type": "hello", "num_connections": 1,
                                       "connection_info": {"app_id": APP_ID}}))
         self._connected.set()
+        self.connections += 1
+        await self._record_change()
         async for message in ws:
             if message.type == WSMsgType.TEXT:
                 self.acks.append(json.loads(message.data))

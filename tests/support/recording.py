@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from bot.worker_client.base import WorkerClient
-from model_worker.protocol import ChatRequest, DoneEvent, Event, ReadyInfo
+from model_worker.wire.protocol import ChatRequest, DoneEvent, Event, ReadyInfo
 
 
 @dataclass

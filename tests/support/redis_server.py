@@ -16,18 +16,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.ports import free_port
+
 
 def find_redis_server() -> str | None:
     """The path of ``redis-server``, or ``None`` when it is not installed."""
     return shutil.which("redis-server") or next(
         (p for p in ("/usr/bin/redis-server", "/usr/local/bin/redis-server") if Path(p).exists()), None
     )
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class RedisServer:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+import aiohttp
 import discord
 
 from bot.settings import Settings, SettingsError
@@ -39,16 +40,17 @@ async def run_discord(settings: Settings, service: ChatService) -> None:
     """Connect to Discord and answer until cancelled; raises :class:`SettingsError` with what to fix when
     Discord refuses the token or the Message Content intent."""
     point_at_endpoints(settings)
-    client = ChatClient(settings=settings, service=service)
-    try:
-        await client.start(_token(settings))
-    except discord.PrivilegedIntentsRequired:
-        raise SettingsError(INTENT_MISSING) from None
-    except discord.LoginFailure:
-        raise SettingsError("Discord rejected DISCORD_TOKEN (401). Copy the bot token again from the developer "
-                            "portal.") from None
-    finally:
-        await client.close()
+    async with aiohttp.ClientSession() as downloads:
+        client = ChatClient(settings=settings, service=service, session=downloads)
+        try:
+            await client.start(_token(settings))
+        except discord.PrivilegedIntentsRequired:
+            raise SettingsError(INTENT_MISSING) from None
+        except discord.LoginFailure:
+            raise SettingsError("Discord rejected DISCORD_TOKEN (401). Copy the bot token again from the "
+                                "developer portal.") from None
+        finally:
+            await client.close()
 
 
 async def sync_commands(settings: Settings) -> None:

@@ -13,15 +13,21 @@ import logging
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import discord
 import yarl
 from discord import app_commands
 from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
+from bot.adapters.downloads import Downloader
+from bot.chat.i18n import language_for_locale, t
 from bot.settings import Settings
 
-from .listeners import Listeners
+from .errors import describe_for_log
+from .listeners import Listeners, Lookups
+from .members import MemberDirectory
+from .operations import respond
 from .views import CatalogueTranslator, CommandName, StopButton, build_commands
 
 if TYPE_CHECKING:
@@ -63,13 +69,22 @@ def bot_intents() -> discord.Intents:
 
 
 class ChatClient(discord.Client):
-    """Routes Discord events to :class:`Listeners`; registers the Stop button and slash commands."""
+    """Routes Discord events to :class:`Listeners`; registers the Stop button and slash commands.
 
-    def __init__(self, *, settings: Settings, service: ChatService | None) -> None:
+    Without a service (command sync) it answers nothing; ``session`` downloads attachments."""
+
+    def __init__(self, *, settings: Settings, service: ChatService | None,
+                 session: aiohttp.ClientSession | None = None) -> None:
         super().__init__(intents=bot_intents(), allowed_mentions=discord.AllowedMentions.none())
         self.settings = settings
         self.tree = app_commands.CommandTree(self)
-        self._chat = Listeners(service=service) if service is not None else None
+        self.tree.error(self._command_failed)
+        self._chat = None
+        if service is not None:
+            if session is None:
+                raise ValueError("answering needs a session for attachment downloads")
+            lookups = Lookups(Downloader(session, max_bytes=settings.max_image_bytes), MemberDirectory(self))
+            self._chat = Listeners(service=service, lookups=lookups)
         self._handlers: set[asyncio.Task[object]] = set()  # running event handlers, cancelled on close
         for command in build_commands(self._run_command):
             self.tree.add_command(command)
@@ -99,6 +114,19 @@ class ChatClient(discord.Client):
         for task in list(self._handlers):
             task.cancel()  # closing a reply stream also cancels its request on the worker
         await super().close()
+
+    async def on_error(self, event_method: str, /, *args: Any, **kwargs: Any) -> None:
+        """Anything an event handler let through: logged once, on our logger (discord.py prints to stderr)."""
+        log.exception("Discord event %s failed", event_method)
+
+    async def _command_failed(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+        log.error("Discord slash command failed: %s", describe_for_log(getattr(error, "original", error)),
+                  exc_info=error)
+        lang = language_for_locale(str(interaction.locale), self.settings.default_language)
+        try:
+            await respond(interaction, t("internal", lang), ephemeral=True)
+        except discord.HTTPException as second:
+            log.error("could not tell the user about it either: %s", describe_for_log(second))
 
     async def on_message(self, message: discord.Message) -> None:
         if self._chat is not None and self.user is not None:

@@ -7,21 +7,27 @@ import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 import discord
 
+from bot.adapters.downloads import Downloader
+from bot.adapters.reporting import report_failure
 from bot.chat.i18n import t
 from bot.chat.messages import (
-    AttachmentAccessError,
     AttachmentRef,
     Failed,
     IncomingMessage,
+    MembershipLookup,
     Notice,
     PlatformProfile,
     Reply,
 )
 
+from .errors import DISCORD_ERRORS, can_still_post, describe_for_log
+from .members import MemberDirectory, role_ids
 from .operations import MessageReplies, respond
 from .views import CommandName, stop_view
 
@@ -33,24 +39,41 @@ log = logging.getLogger(__name__)
 PROFILE = PlatformProfile(platform="discord", max_message_chars=2000, edit_interval_s=1.0, markup="discord")
 
 
+@dataclass(frozen=True)
+class Lookups:
+    """What decoding needs from the platform: attachment downloads and, for DMs, members' guild roles."""
+
+    downloader: Downloader
+    members: MemberDirectory
+
+    def memberships_of(self, user: discord.abc.User) -> MembershipLookup:
+        return partial(self.members.memberships, user.id)
+
+
 class Listeners:
     """The Discord adapter's entry points, wired to the client in :mod:`bot.adapters.discord.client`."""
 
-    def __init__(self, *, service: ChatService) -> None:
+    def __init__(self, *, service: ChatService, lookups: Lookups) -> None:
         self._service = service
+        self._lookups = lookups
 
     async def on_message(self, message: discord.Message, *, me: discord.ClientUser) -> None:
         if message.author.bot:  # our own posts, and no bot-to-bot loops
             return
-        incoming = await decode_message(message, me=me)
-        lang = self._service.language_for(incoming.locale)
-        replies = MessageReplies(message, interval=PROFILE.edit_interval_s,
+        lang = self._service.language_for(str(message.guild.preferred_locale) if message.guild else None)
+        replies = MessageReplies(message, interval=PROFILE.edit_interval_s, lang=lang,
                                  stop_view=lambda request_id: stop_view(request_id, lang=lang))
         async with replies:
-            await _render_all(self._service.handle(incoming, PROFILE), replies.render)
+            try:
+                incoming = await decode_message(message, me=me, lookups=self._lookups)
+                await _render_all(self._service.handle(incoming, PROFILE), replies.render)
+            except Exception as exc:  # the catch-all: one log line, and the user hears something went wrong
+                await report_failure(replies.render, exc, lang=lang, where=f"discord channel {message.channel.id}",
+                                     platform_errors=DISCORD_ERRORS, describe=describe_for_log,
+                                     tell_user=can_still_post(exc))
 
     async def on_command(self, interaction: discord.Interaction, name: CommandName) -> None:
-        incoming = decode_interaction(interaction)
+        incoming = decode_interaction(interaction, lookups=self._lookups)
 
         async def show(reply: Reply) -> None:
             if isinstance(reply, Notice | Failed):
@@ -67,19 +90,16 @@ class Listeners:
 
 
 async def _render_all(replies: AsyncIterator[Reply], render: Callable[[Reply], Awaitable[None]]) -> None:
-    """Render every reply; if Discord refuses one, stop (closing the stream cancels the request)."""
+    """Render every reply; an error stops the stream (closing it cancels the request) and is raised."""
     async with contextlib.aclosing(replies):
-        try:
-            async for reply in replies:
-                await render(reply)
-        except discord.HTTPException as exc:
-            log.warning("Discord refused a reply (status %s, code %s: %s)", exc.status, exc.code, exc.text)
+        async for reply in replies:
+            await render(reply)
 
 
 # ---- decoding ---------------------------------------------------------------------------------------
 
 
-async def decode_message(message: discord.Message, *, me: discord.ClientUser) -> IncomingMessage:
+async def decode_message(message: discord.Message, *, me: discord.ClientUser, lookups: Lookups) -> IncomingMessage:
     """The platform-neutral view of a Discord message (mention removed, reply's images included)."""
     channel = message.channel
     in_thread = isinstance(channel, discord.Thread)
@@ -95,17 +115,18 @@ async def decode_message(message: discord.Message, *, me: discord.ClientUser) ->
         message_id=str(message.id),
         author_id=str(message.author.id),
         author_name=message.author.display_name,
-        author_roles=_role_ids(message.author),
+        author_roles=role_ids(message.author),
         text=_without_mention(message.content, me.id, bot_role),
-        attachments=tuple(_attachment_ref(a) for a in attachments),
+        attachments=tuple(_attachment_ref(a, lookups.downloader) for a in attachments),
         mentioned=me in message.mentions or (bot_role is not None and bot_role in message.role_mentions),
         replied_to_bot=replied_to is not None and replied_to.author.id == me.id,
         is_dm=message.guild is None,
         locale=str(message.guild.preferred_locale) if message.guild else None,
+        find_memberships=lookups.memberships_of(message.author) if message.guild is None else None,
     )
 
 
-def decode_interaction(interaction: discord.Interaction) -> IncomingMessage:
+def decode_interaction(interaction: discord.Interaction, *, lookups: Lookups) -> IncomingMessage:
     """The platform-neutral view of a slash command (no text; the conversation is the channel's)."""
     channel = interaction.channel
     in_thread = isinstance(channel, discord.Thread)
@@ -119,22 +140,17 @@ def decode_interaction(interaction: discord.Interaction) -> IncomingMessage:
         message_id=str(interaction.id),
         author_id=str(interaction.user.id),
         author_name=interaction.user.display_name,
-        author_roles=_role_ids(interaction.user),
+        author_roles=role_ids(interaction.user),
         text="",
         is_dm=interaction.guild_id is None,
         locale=str(interaction.locale),
+        find_memberships=lookups.memberships_of(interaction.user) if interaction.guild_id is None else None,
     )
 
 
 def _without_mention(content: str, bot_id: int, bot_role: discord.Role | None) -> str:
     pattern = rf"<@!?{bot_id}>" + (rf"|<@&{bot_role.id}>" if bot_role is not None else "")
     return re.sub(pattern, "", content).strip()
-
-
-def _role_ids(author: discord.User | discord.Member) -> tuple[str, ...]:
-    if not isinstance(author, discord.Member):
-        return ()
-    return tuple(str(role.id) for role in author.roles if not role.is_default())
 
 
 def _images(attachments: list[discord.Attachment]) -> list[discord.Attachment]:
@@ -156,12 +172,9 @@ async def _replied_to(message: discord.Message) -> discord.Message | None:
         return None
 
 
-def _attachment_ref(attachment: discord.Attachment) -> AttachmentRef:
-    async def fetch() -> bytes:
-        try:
-            return await attachment.read()
-        except discord.HTTPException as exc:
-            raise AttachmentAccessError(f"Discord CDN answered {exc.status} for {attachment.filename}") from exc
+def _attachment_ref(attachment: discord.Attachment, downloader: Downloader) -> AttachmentRef:
+    async def fetch() -> bytes:  # streamed from the CDN within the size cap and time limit
+        return (await downloader.fetch(attachment.url, name=attachment.filename)).data
 
     return AttachmentRef(filename=attachment.filename, declared_type=attachment.content_type,
                          declared_size=attachment.size, fetch=fetch,

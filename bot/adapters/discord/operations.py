@@ -1,20 +1,30 @@
-"""Putting the chat service's replies onto Discord: threads, typing, posts, paced edits, follow-ups.
+"""Putting the chat service's replies onto Discord: threads, typing, notices and the answer's messages.
 
-Every send and edit passes ``AllowedMentions.none()``: model output never pings anyone. Streamed text is
-rendered by a background flusher per answer, so that reading the service's stream is never slowed down by
-the pacing of edits (about one per second per message, the service's ``edit_interval_s``).
+What an answer's messages show, and where its Stop button sits, is the chat core's layout
+(:mod:`bot.chat.layout`); when each post and edit happens is the core's renderer
+(:mod:`bot.chat.rendering`, about one edit per second per message). This module applies them: a
+:class:`_AnswerWriter` posts and edits one message (a deleted one is reported as gone, so that the answer
+continues in a new message), and discord.py itself waits out 429 answers.
+
+Where a thread cannot be opened, or the bot may not post in it (403), the answer goes to the channel as
+a reply to the question, with one notice saying why. Every send and edit passes
+``AllowedMentions.none()``: model output never pings anyone.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
 
 import discord
 
+from bot.chat.i18n import t
+from bot.chat.layout import AnswerMessage, AnswerReply, answer_messages
 from bot.chat.messages import Failed, Final, Notice, OpenThread, Placeholder, Reply, Streaming
+from bot.chat.rendering import AnswerRenderer, MessageGone
+
+from .errors import describe_for_log
 
 log = logging.getLogger(__name__)
 
@@ -24,125 +34,44 @@ THREAD_NAME_LIMIT = 100
 StopViewFactory = Callable[[str], discord.ui.View]
 
 
-class PacedMessage:
-    """One of the bot's messages, edited no more often than once per ``interval`` seconds."""
+class _AnswerWriter:
+    """Posts and edits the messages of one answer (the core decides what and when)."""
 
-    def __init__(self, message: discord.Message, *, interval: float, has_view: bool) -> None:
-        self.message = message
-        self.content = message.content
-        self.has_view = has_view
-        self._interval = interval
-        self._next_edit_at = asyncio.get_running_loop().time() + interval
-
-    def matches(self, content: str, *, with_view: bool) -> bool:
-        return self.content == content and self.has_view == with_view
-
-    async def edit(self, freshest: Callable[[], tuple[str, discord.ui.View | None]]) -> None:
-        """Wait for this message's turn, then edit it to the freshest content and view."""
-        delay = self._next_edit_at - asyncio.get_running_loop().time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        content, view = freshest()
-        self.message = await self.message.edit(content=content, view=view, allowed_mentions=NO_MENTIONS)
-        self.content, self.has_view = content, view is not None
-        self._next_edit_at = asyncio.get_running_loop().time() + self._interval
-
-
-class StreamedAnswer:
-    """The messages of one answer: a placeholder with a Stop button, edited as parts grow, then final."""
-
-    def __init__(self, target: discord.abc.Messageable, *, reference: discord.Message | None,
-                 interval: float, stop_view: discord.ui.View) -> None:
-        self._target = target
-        self._reference = reference
-        self._interval = interval
+    def __init__(self, replies: MessageReplies, stop_view: discord.ui.View) -> None:
+        self._replies = replies
         self._stop_view = stop_view
-        self._messages: list[PacedMessage] = []
-        self._desired: tuple[str, ...] = ()
-        self._final = False
-        self._wake = asyncio.Event()
-        self._flusher: asyncio.Task[None] | None = None
+        self._posted = False
 
-    async def open(self, text: str) -> None:
-        """Post the placeholder (with the Stop button) and start the flusher."""
-        self._desired = (text,)
-        await self._post(text, view=self._stop_view)
-        self._flusher = asyncio.create_task(self._flush())
+    async def post(self, message: AnswerMessage) -> discord.Message:
+        posted = await self._replies.send(message.text, view=self._view(message), quote=not self._posted)
+        self._posted = True
+        return posted
 
-    def show(self, parts: tuple[str, ...]) -> None:
-        """Render ``parts`` soon; returns at once (later calls supersede earlier ones)."""
-        if parts:
-            self._desired = parts
-            self._wake.set()
-
-    async def close(self, parts: tuple[str, ...]) -> None:
-        """Render the final ``parts`` (an empty tuple keeps the text) without a Stop button, and wait."""
-        if parts:
-            self._desired = parts
-        self._final = True
-        self._wake.set()
-        if self._flusher is not None:
-            await self._flusher
-
-    def abandon(self) -> None:
-        """Stop rendering (the handler is going away); whatever was shown stays."""
-        if self._flusher is not None:
-            self._flusher.cancel()
-
-    async def _flush(self) -> None:
+    async def edit(self, handle: discord.Message, message: AnswerMessage) -> discord.Message:
         try:
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                await self._apply()
-                if self._final and self._is_shown():
-                    return
-        except discord.HTTPException as exc:
-            log.warning("could not update an answer on Discord (status %s, code %s); it stays as it is",
-                        exc.status, exc.code)
+            return await handle.edit(content=message.text, view=self._view(message), allowed_mentions=NO_MENTIONS)
+        except discord.NotFound as exc:
+            raise MessageGone(handle.id) from exc
 
-    def _is_shown(self) -> bool:
-        return len(self._messages) >= len(self._desired) and all(
-            message.matches(text, with_view=self._wants_view(index))
-            for index, (message, text) in enumerate(zip(self._messages, self._desired, strict=False)))
-
-    def _wants_view(self, index: int) -> bool:
-        return index == 0 and not self._final
-
-    async def _apply(self) -> None:
-        index = 0
-        while index < len(self._desired):
-            text = self._desired[index]
-            if index >= len(self._messages):
-                await self._post(text, view=None)
-            elif not self._messages[index].matches(text, with_view=self._wants_view(index)):
-                await self._messages[index].edit(lambda i=index: self._wanted(i))
-            index += 1
-
-    def _wanted(self, index: int) -> tuple[str, discord.ui.View | None]:
-        return self._desired[index], self._stop_view if self._wants_view(index) else None
-
-    async def _post(self, text: str, *, view: discord.ui.View | None) -> None:
-        kwargs = {"view": view} if view is not None else {}
-        reference = self._reference if not self._messages else None
-        message = await self._target.send(text, reference=reference, mention_author=False,
-                                          allowed_mentions=NO_MENTIONS, **kwargs)
-        self._messages.append(PacedMessage(message, interval=self._interval, has_view=view is not None))
+    def _view(self, message: AnswerMessage) -> discord.ui.View | None:
+        return self._stop_view if message.stop else None
 
 
 class MessageReplies:
     """Renders the replies to one incoming message: opens the thread, shows typing, streams answers.
 
-    Use as an async context manager; leaving it stops the typing indicator.
+    Use as an async context manager; leaving it stops the typing indicator and abandons unfinished answers.
     """
 
-    def __init__(self, origin: discord.Message, *, interval: float, stop_view: StopViewFactory) -> None:
+    def __init__(self, origin: discord.Message, *, interval: float, stop_view: StopViewFactory,
+                 lang: str = "en") -> None:
         self._origin = origin
-        self._target: discord.abc.Messageable = origin.channel
-        self._reference: discord.Message | None = origin  # replies in a channel quote the question
+        self._lang = lang
+        self._channel: discord.abc.Messageable = origin.channel
+        self._in_new_thread = False
         self._interval = interval
         self._stop_view = stop_view
-        self._answers: dict[str, StreamedAnswer] = {}
+        self._answers: dict[str, AnswerRenderer] = {}
         self._typing: contextlib.AbstractAsyncContextManager[None] | None = None
 
     async def __aenter__(self) -> MessageReplies:
@@ -150,7 +79,7 @@ class MessageReplies:
 
     async def __aexit__(self, *exc_info: object) -> None:
         for answer in self._answers.values():
-            answer.abandon()  # a no-op for answers that were closed
+            answer.abandon()  # a no-op for answers that were finished
         await self._stop_typing()
 
     async def render(self, reply: Reply) -> None:
@@ -158,52 +87,70 @@ class MessageReplies:
         match reply:
             case OpenThread(name=name):
                 await self._open_thread(name)
-            case Notice(text=text):
-                await self._send(text)
-            case Placeholder(request_id=request_id, text=text):
+            case Notice(text=text) | Failed(request_id=None, text=text):
+                await self.send(text)
+            case Placeholder() | Streaming():
                 await self._start_typing()
-                (await self._answer(request_id, text)).show((text,))  # e.g. "Queued: #2" -> "Thinking…"
-            case Streaming(request_id=request_id, parts=parts):
-                (await self._answer(request_id, parts[0] if parts else "…")).show(parts)
-            case Final(request_id=request_id, parts=parts):
-                await (await self._answer(request_id, parts[0] if parts else "…")).close(parts)
+                await self._show(reply)
+            case Final() | Failed():
+                await self._end(reply)
                 await self._stop_typing()
-            case Failed(request_id=request_id, text=text):
-                await self._fail(request_id, text)
+
+    async def send(self, text: str, *, view: discord.ui.View | None = None, quote: bool = True) -> discord.Message:
+        """Post one message where this conversation is answered (a reply to the question in a channel);
+        when the bot may not post in the thread it opened, move to the channel and say why once."""
+        try:
+            return await self._post(text, view=view, quote=quote)
+        except discord.Forbidden as exc:
+            if not self._in_new_thread:
+                raise
+            await self._answer_in_channel(exc)
+            return await self._post(text, view=view, quote=quote)
+
+    # ---- steps -----------------------------------------------------------------------------------
 
     async def _open_thread(self, name: str) -> None:
         try:
-            thread = await self._origin.create_thread(name=name[:THREAD_NAME_LIMIT] or "…")
+            self._channel = await self._origin.create_thread(name=name[:THREAD_NAME_LIMIT] or "…")
         except discord.HTTPException as exc:
-            log.warning("could not open a thread (status %s, code %s); answering in the channel",
-                        exc.status, exc.code)
-            return
-        self._target, self._reference = thread, None
+            await self._answer_in_channel(exc)
+        else:
+            self._in_new_thread = True
 
-    async def _answer(self, request_id: str, text: str) -> StreamedAnswer:
-        answer = self._answers.get(request_id)
+    async def _answer_in_channel(self, exc: discord.HTTPException) -> None:
+        log.warning("answering in the channel instead of a thread: %s", describe_for_log(exc))
+        self._channel, self._in_new_thread = self._origin.channel, False
+        if isinstance(exc, discord.Forbidden):
+            await self._post(t("thread_refused", self._lang), view=None, quote=True)
+
+    async def _show(self, reply: AnswerReply) -> None:
+        answer = self._answers.get(str(reply.request_id))
         if answer is None:
-            answer = StreamedAnswer(self._target, reference=self._reference, interval=self._interval,
-                                    stop_view=self._stop_view(request_id))
-            self._answers[request_id] = answer
-            await answer.open(text)
+            await self._start(reply)
+        else:
+            answer.update(answer_messages(reply))
+
+    async def _end(self, reply: AnswerReply) -> None:
+        answer = self._answers.get(str(reply.request_id)) or await self._start(reply)
+        await answer.finish(answer_messages(reply))
+
+    async def _start(self, reply: AnswerReply) -> AnswerRenderer:
+        writer = _AnswerWriter(self, self._stop_view(str(reply.request_id)))
+        answer = self._answers[str(reply.request_id)] = AnswerRenderer(writer, interval_s=self._interval)
+        await answer.start(answer_messages(reply))
         return answer
 
-    async def _fail(self, request_id: str | None, text: str) -> None:
-        answer = self._answers.get(request_id) if request_id else None
-        if answer is None:
-            await self._send(text)
-        else:
-            await answer.close((text,))
-        await self._stop_typing()
-
-    async def _send(self, text: str) -> None:
-        await self._target.send(text, reference=self._reference, mention_author=False,
-                                allowed_mentions=NO_MENTIONS)
+    async def _post(self, text: str, *, view: discord.ui.View | None, quote: bool) -> discord.Message:
+        # Where the question was asked, replies quote it (and still go out if it was deleted meanwhile).
+        reference = None
+        if quote and self._channel is self._origin.channel:
+            reference = self._origin.to_reference(fail_if_not_exists=False)
+        return await self._channel.send(text, reference=reference, mention_author=False,
+                                        allowed_mentions=NO_MENTIONS, view=view)
 
     async def _start_typing(self) -> None:
         if self._typing is None:
-            self._typing = self._target.typing()
+            self._typing = self._channel.typing()
             await self._typing.__aenter__()
 
     async def _stop_typing(self) -> None:

@@ -1,24 +1,23 @@
-"""The one place where a failure while answering on Slack becomes user text and an operator log line.
+"""Slack Web API errors as the operator and the Slack adapter need them: the error code, a one-line log
+description with what to do about it, and which errors leave the bot unable to post at all.
 
-The chat service already turns worker and intake problems into localised :class:`Failed` / :class:`Notice`
-replies; what reaches this mapper is what the service could not see: Slack Web API errors while
-rendering, and bugs.
+The failures themselves become user text in one place, :func:`bot.adapters.reporting.report_failure`.
 """
 
 from __future__ import annotations
 
-import logging
-from typing import TYPE_CHECKING
+from slack_sdk.errors import SlackApiError
 
-from slack_sdk.errors import SlackApiError, SlackClientError
+#: After these the bot cannot post in the conversation at all, so there is no point in telling the user.
+CANNOT_POST = frozenset({"not_in_channel", "channel_not_found", "is_archived"})
 
-from bot.chat.i18n import t
-from bot.chat.messages import Failed
-
-if TYPE_CHECKING:
-    from bot.adapters.slack.operations import ReplyRenderer
-
-log = logging.getLogger(__name__)
+_OPERATOR_HINTS = {
+    "not_in_channel": "the bot is not a member of the channel; invite it with /invite",
+    "channel_not_found": "the channel is gone or the bot cannot see it",
+    "is_archived": "the channel is archived",
+    "message_not_found": "the message was deleted",
+    "ratelimited": "Slack kept answering 429 after the client's retries",
+}
 
 
 def slack_error_code(exc: SlackApiError) -> str:
@@ -32,17 +31,12 @@ def slack_error_code(exc: SlackApiError) -> str:
 def describe_for_log(exc: BaseException) -> str:
     """A one-line operator description that never contains a token."""
     if isinstance(exc, SlackApiError):
-        return f"Slack API error {slack_error_code(exc)!r}"
+        code = slack_error_code(exc)
+        hint = _OPERATOR_HINTS.get(code)
+        return f"Slack API error {code!r}" + (f" ({hint})" if hint else "")
     return type(exc).__name__
 
 
-async def report_failure(renderer: ReplyRenderer, exc: Exception, *, lang: str, where: str) -> None:
-    """Log ``exc`` for the operator and, when Slack still accepts messages, tell the user."""
-    if isinstance(exc, SlackClientError):
-        log.error("slack answer failed in %s: %s", where, describe_for_log(exc))
-    else:
-        log.exception("slack answer failed in %s: %s", where, describe_for_log(exc))
-    try:
-        await renderer.render(Failed(request_id=None, text=t("internal", lang), code="internal"))
-    except SlackClientError as second:
-        log.error("slack could not show the failure in %s either: %s", where, describe_for_log(second))
+def can_still_post(exc: BaseException) -> bool:
+    """False when ``exc`` says the bot cannot post where it was answering."""
+    return not (isinstance(exc, SlackApiError) and slack_error_code(exc) in CANNOT_POST)

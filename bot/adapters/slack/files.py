@@ -2,6 +2,7 @@
 
 Without the ``files:read`` scope (or when the file was not shared where the bot can see it) Slack answers
 ``200 OK`` with an HTML sign-in page instead of the file, so the body is checked, not only the status.
+The download itself (chunks, size cap, time limit) is :class:`~bot.adapters.downloads.Downloader`'s.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
-
+from bot.adapters.downloads import Downloader
 from bot.chat.messages import AttachmentAccessError, AttachmentRef
 
 log = logging.getLogger(__name__)
@@ -40,11 +40,9 @@ class FileAccessLog:
 class SlackFileFetcher:
     """Downloads ``url_private_download`` files; the bot token is sent only to Slack's own hosts."""
 
-    def __init__(self, session: aiohttp.ClientSession, *, bot_token: str, api_base_url: str,
-                 max_bytes: int) -> None:
-        self._session = session
+    def __init__(self, downloader: Downloader, *, bot_token: str, api_base_url: str) -> None:
+        self._downloader = downloader
         self._bot_token = bot_token
-        self._max_bytes = max_bytes
         # the configured API host (a proxy or a local fake) is trusted like slack.com
         self._trusted_host = urlsplit(api_base_url).hostname or "slack.com"
 
@@ -73,21 +71,17 @@ class SlackFileFetcher:
             raise
 
     async def download(self, url: str | None, file_id: str) -> bytes:
-        """The file's bytes (at most ``max_bytes`` + 1); :class:`AttachmentAccessError` when Slack refuses."""
+        """The file's bytes; :class:`AttachmentAccessError` when Slack refuses (other
+        :class:`~bot.chat.messages.AttachmentError` subclasses for size and network trouble)."""
         if not url or not self._may_send_token_to(url):
             log.warning("slack file %s: no downloadable URL on a Slack host", file_id)
             raise AttachmentAccessError(f"file {file_id} has no usable URL")
-        headers = {"Authorization": f"Bearer {self._bot_token}"}
-        async with self._session.get(url, headers=headers) as response:
-            if response.status != 200:
-                log.warning("slack file %s: HTTP %s", file_id, response.status)
-                raise AttachmentAccessError(f"file {file_id}: HTTP {response.status}")
-            # reading one byte past the limit is enough for the service to reject an oversized file
-            body = await response.content.read(self._max_bytes + 1)
-            if is_login_page(response.content_type, body):
-                log.warning("slack file %s: got the sign-in page (files:read scope or sharing missing)", file_id)
-                raise AttachmentAccessError(f"file {file_id}: no access")
-        return body
+        body = await self._downloader.fetch(url, name=file_id,
+                                            headers={"Authorization": f"Bearer {self._bot_token}"})
+        if is_login_page(body.content_type, body.data):
+            log.warning("slack file %s: got the sign-in page (files:read scope or sharing missing)", file_id)
+            raise AttachmentAccessError(f"file {file_id}: no access")
+        return body.data
 
     def _may_send_token_to(self, url: str) -> bool:
         parts = urlsplit(url)

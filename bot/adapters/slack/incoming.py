@@ -44,11 +44,6 @@ def reply_thread_ts(event: Mapping[str, Any]) -> str | None:
     return None if event.get("channel_type") == "im" else str(event["ts"])
 
 
-def delivery_key(event: Mapping[str, Any]) -> str:
-    """Identifies one post whichever event type delivered it (``app_mention`` and ``message`` share it)."""
-    return f"{event.get('channel')}:{event.get('ts')}"
-
-
 class SlackInbox:
     """Builds :class:`IncomingMessage` objects, looking up the author's locale and wrapping files."""
 

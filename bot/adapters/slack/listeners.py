@@ -1,8 +1,9 @@
 """The Slack routing table and its thin listeners: decode, hand to the chat service, render.
 
 Bolt acknowledges events before these run (``process_before_response`` is off), so Slack never waits
-for the model. Every post is answered at most once: Slack's retries and the ``app_mention`` +
-``message`` pair for one post are recognised by :class:`RecentDeliveries`.
+for the model. Every post is answered at most once: Slack's retries, events delivered again after a
+Socket Mode reconnect and the ``app_mention`` + ``message`` pair for one post all carry the same channel
+and ``ts``, which the chat service recognises (:mod:`bot.chat.dedup`).
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ from collections.abc import Mapping
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 from slack_bolt.async_app import AsyncApp
+from slack_sdk.errors import SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.adapters.reporting import report_failure
 from bot.adapters.slack import incoming
-from bot.adapters.slack.dedup import RecentDeliveries
-from bot.adapters.slack.errors import report_failure
+from bot.adapters.slack.errors import can_still_post, describe_for_log
 from bot.adapters.slack.files import FileAccessLog
 from bot.adapters.slack.incoming import SlackInbox
 from bot.adapters.slack.operations import ReplyRenderer, ReplyTarget
@@ -32,6 +35,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SLASH_COMMAND = "/minigpt4"
+#: What Slack or the network may raise while answering, after slack_sdk's own retries.
+SLACK_ERRORS: tuple[type[Exception], ...] = (SlackClientError, aiohttp.ClientError, TimeoutError)
 # Parts fit a Block Kit section (3,000) and stay far below chat.update's practical ~4k msg_too_long.
 SLACK_PROFILE = PlatformProfile(platform="slack", max_message_chars=2900, edit_interval_s=1.2, markup="slack")
 
@@ -49,7 +54,6 @@ class SlackListeners:
         self._service = service
         self._client = client
         self._inbox = inbox
-        self._deliveries = RecentDeliveries()
 
     async def on_app_mention(self, body: dict[str, Any], event: dict[str, Any], context: Any) -> None:
         if incoming.is_user_post(event):
@@ -82,9 +86,6 @@ class SlackListeners:
 
     async def _answer_post(self, body: Mapping[str, Any], event: Mapping[str, Any], bot_user_id: str | None,
                            *, via_mention: bool) -> None:
-        if not self._deliveries.first_time(body.get("event_id"), incoming.delivery_key(event)):
-            log.info("slack: %s %s already handled; not answering again", event.get("type"), body.get("event_id"))
-            return
         access_log = FileAccessLog()
         message = await self._inbox.from_event(event, team_id=body.get("team_id"), bot_user_id=bot_user_id,
                                                via_mention=via_mention, access_log=access_log)
@@ -100,7 +101,10 @@ class SlackListeners:
             async with aclosing(self._service.handle(message, SLACK_PROFILE)) as replies:
                 async for reply in replies:
                     await renderer.render(reply)
-        except Exception as exc:  # the one mapper decides what the user sees
-            await report_failure(renderer, exc, lang=target.lang, where=f"{target.channel}/{target.post_ts}")
+        except Exception as exc:  # the one catch-all decides what the user sees
+            await report_failure(renderer.render, exc, lang=target.lang,
+                                 where=f"slack {target.channel}/{target.post_ts}",
+                                 platform_errors=SLACK_ERRORS, describe=describe_for_log,
+                                 tell_user=can_still_post(exc))
         finally:
-            await renderer.finish()
+            await renderer.close()

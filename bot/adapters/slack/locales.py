@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import time
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import aiohttp
 from slack_sdk.errors import SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.adapters.cache import ExpiringCache
 from bot.adapters.slack.errors import describe_for_log
 
 log = logging.getLogger(__name__)
@@ -27,21 +26,11 @@ class UserDirectory:
 
     def __init__(self, client: AsyncWebClient, *, ttl_s: float = 3600.0, capacity: int = 5_000) -> None:
         self._client = client
-        self._ttl_s = ttl_s
-        self._capacity = capacity
-        self._cache: OrderedDict[str, tuple[float, SlackUser]] = OrderedDict()
+        self._cache: ExpiringCache[str, SlackUser] = ExpiringCache(ttl_s=ttl_s, capacity=capacity)
 
     async def lookup(self, user_id: str) -> SlackUser:
         """The user's locale and name; an unknown locale (``None``) when Slack will not say."""
-        cached = self._cache.get(user_id)
-        if cached is not None and time.monotonic() - cached[0] < self._ttl_s:
-            return cached[1]
-        user = await self._fetch(user_id)
-        self._cache[user_id] = (time.monotonic(), user)
-        self._cache.move_to_end(user_id)
-        while len(self._cache) > self._capacity:
-            self._cache.popitem(last=False)
-        return user
+        return await self._cache.get_or_load(user_id, self._fetch)
 
     async def _fetch(self, user_id: str) -> SlackUser:
         try:

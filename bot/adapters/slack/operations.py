@@ -1,22 +1,20 @@
-"""Render the chat service's replies onto Slack: post, edit at a pace, add messages as parts grow, react.
+"""Render the chat service's replies onto Slack: notices, the answer's messages, the working reaction.
 
-One :class:`ReplyRenderer` serves one incoming post. The placeholder is the first message of the answer
-(with a Stop button); streamed parts edit it and, once a part is full, continue in new messages in the
-same thread. Pacing: the service emits ``Streaming`` at most once per ``edit_interval_s`` (the profile), so
-those edits go out at once (delaying them would only let the display fall behind the model); the
-placeholder's own edits (queue position, "thinking") are spaced here to at most one per interval per
-message. An :eyes: reaction marks the user's post while the answer is being worked on.
+One :class:`ReplyRenderer` serves one incoming post. What an answer's messages show, and where its Stop
+button sits, is the chat core's layout (:mod:`bot.chat.layout`); when each post and edit happens is the
+core's renderer (:mod:`bot.chat.rendering`), which paces edits to one per ``edit_interval_s`` per message.
+This module only turns those decisions into Web API calls: :class:`SlackAnswerWriter` posts and edits one
+message (as mrkdwn, with the Stop button when asked), and a message deleted meanwhile is reported as
+gone so that the answer continues in a new one. Rate limits (429) are waited out by slack_sdk's retry
+handler (see :func:`bot.adapters.slack.app.web_client`). An :eyes: reaction marks the user's post while
+the answer is being worked on.
 
-Streamed and final parts arrive escaped for Slack by the service; notices, placeholders and failures are
-catalogue text (which may name a file) and are escaped here.
+Answer texts arrive escaped for Slack from the service; notices are catalogue text and are escaped here.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from slack_sdk.errors import SlackApiError
@@ -26,7 +24,9 @@ from bot.adapters.slack import views
 from bot.adapters.slack.errors import slack_error_code
 from bot.adapters.slack.files import FileAccessLog
 from bot.chat.i18n import t
+from bot.chat.layout import AnswerMessage, AnswerReply, answer_messages
 from bot.chat.messages import Failed, Final, Notice, OpenThread, Placeholder, Reply, Streaming
+from bot.chat.rendering import AnswerRenderer, MessageGone
 
 log = logging.getLogger(__name__)
 
@@ -45,30 +45,52 @@ class ReplyTarget:
     lang: str
 
 
-@dataclass
-class _Posted:
-    ts: str
-    text: str
-    stop: bool  # shows the Stop button
-    edited_at: float
+class SlackAnswerWriter:
+    """Posts and edits the messages of one answer in its thread (the core decides what and when)."""
+
+    def __init__(self, client: AsyncWebClient, target: ReplyTarget, *, thread_ts: str | None,
+                 request_id: str) -> None:
+        self._client = client
+        self._target = target
+        self._thread_ts = thread_ts
+        self._request_id = request_id
+
+    async def post(self, message: AnswerMessage) -> str:
+        text = views.to_mrkdwn(message.text)
+        response = await self._client.chat_postMessage(**views.message_payload(
+            channel=self._target.channel, text=text, thread_ts=self._thread_ts,
+            blocks=self._blocks(text, stop=message.stop)))
+        return str(response["ts"])
+
+    async def edit(self, ts: str, message: AnswerMessage) -> str:
+        text = views.to_mrkdwn(message.text)
+        try:
+            await self._client.chat_update(**views.update_payload(
+                channel=self._target.channel, ts=ts, text=text, blocks=self._blocks(text, stop=message.stop)))
+        except SlackApiError as exc:
+            if slack_error_code(exc) == "message_not_found":
+                raise MessageGone(ts) from exc
+            raise
+        return ts
+
+    def _blocks(self, text: str, *, stop: bool) -> list[dict]:
+        if not stop:
+            return views.reply_blocks(text)
+        value = views.stop_value(self._request_id, self._target.user)
+        return views.reply_blocks(text, stop=(t("stop_button", self._target.lang), value))
 
 
 class ReplyRenderer:
     """Turns :class:`Reply` events for one post into Slack Web API calls."""
 
     def __init__(self, client: AsyncWebClient, target: ReplyTarget, *, edit_interval_s: float,
-                 file_access: FileAccessLog | None = None, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+                 file_access: FileAccessLog | None = None) -> None:
         self._client = client
         self._target = target
         self._file_access = file_access or FileAccessLog()
-        self._sleep = sleep
         self._thread_ts = target.thread_ts
         self._interval = edit_interval_s
-        self._clock = clock
-        self._posted: list[_Posted] = []
-        self._request_id: str | None = None
-        self._streamed = False  # model text has been shown (a failure must not erase it)
+        self._answers: dict[str, AnswerRenderer] = {}
         self._reacted = False
 
     @property
@@ -82,15 +104,14 @@ class ReplyRenderer:
                 self._thread_ts = self._thread_ts or self._target.post_ts
             case Notice(text=text, kind=kind):
                 await self._notice(text, kind)
-            case Placeholder(request_id=request_id, text=text):
-                await self._placeholder(request_id, views.escape_control_characters(text))
-            case Streaming(parts=parts):
-                await self._show(parts, final=False)
-            case Final(parts=parts):
-                await self._show(parts, final=True)
+            case Failed(request_id=None, text=text):
+                await self._notice(text, "info")
                 await self.finish()
-            case Failed(text=text):
-                await self._fail(views.escape_control_characters(text))
+            case Placeholder() | Streaming():
+                await self._mark_working()
+                await self._show(reply)
+            case Final() | Failed():
+                await self._end(reply)
                 await self.finish()
 
     async def finish(self) -> None:
@@ -99,6 +120,12 @@ class ReplyRenderer:
             return
         self._reacted = False
         await self._react("reactions_remove")
+
+    async def close(self) -> None:
+        """The handler is going away: stop updating answers and take the reaction off."""
+        for answer in self._answers.values():
+            answer.abandon()
+        await self.finish()
 
     # ---- steps -----------------------------------------------------------------------------------
 
@@ -113,70 +140,28 @@ class ReplyRenderer:
             await self._client.chat_postMessage(**views.message_payload(
                 channel=self._target.channel, text=text, thread_ts=self._thread_ts))
 
-    async def _placeholder(self, request_id: str, text: str) -> None:
-        self._request_id = request_id
+    async def _show(self, reply: AnswerReply) -> None:
+        answer = self._answers.get(reply.request_id)
+        if answer is None:
+            await self._start(reply)
+        else:
+            answer.update(answer_messages(reply))
+
+    async def _end(self, reply: AnswerReply) -> None:
+        answer = self._answers.get(reply.request_id) or await self._start(reply)
+        await answer.finish(answer_messages(reply))
+
+    async def _start(self, reply: AnswerReply) -> AnswerRenderer:
+        writer = SlackAnswerWriter(self._client, self._target, thread_ts=self._thread_ts,
+                                   request_id=str(reply.request_id))
+        answer = self._answers[str(reply.request_id)] = AnswerRenderer(writer, interval_s=self._interval)
+        await answer.start(answer_messages(reply))
+        return answer
+
+    async def _mark_working(self) -> None:
         if not self._reacted:
             self._reacted = True
             await self._react("reactions_add")
-        if self._posted:
-            await self._paced_edit(0, text, stop=True)
-        else:
-            await self._post(text, stop=True)
-
-    async def _show(self, parts: tuple[str, ...], *, final: bool) -> None:
-        texts = [views.to_mrkdwn(part) for part in parts if part.strip()]
-        self._streamed = self._streamed or bool(texts)
-        for index, text in enumerate(texts):
-            growing = not final and index == len(texts) - 1
-            if index >= len(self._posted):
-                await self._post(text, stop=growing)
-            else:
-                await self._edit(index, text, stop=growing)
-        if final:
-            await self._drop_stop_buttons()
-
-    async def _fail(self, text: str) -> None:
-        if self._posted and not self._streamed:
-            await self._edit(0, text, stop=False)  # only the placeholder so far: replace it
-        else:
-            await self._drop_stop_buttons()
-            await self._post(text, stop=False)
-
-    async def _drop_stop_buttons(self) -> None:
-        for index, posted in enumerate(self._posted):
-            await self._edit(index, posted.text, stop=False)
-
-    # ---- Web API calls ---------------------------------------------------------------------------
-
-    async def _paced_edit(self, index: int, text: str, *, stop: bool) -> None:
-        """Edit, but never sooner than ``edit_interval_s`` after this message's last write."""
-        posted = self._posted[index]
-        if posted.text == text and posted.stop == stop:
-            return
-        wait = posted.edited_at + self._interval - self._clock()
-        if wait > 0:
-            await self._sleep(wait)
-        await self._edit(index, text, stop=stop)
-
-    def _blocks(self, text: str, *, stop: bool) -> list[dict]:
-        if not (stop and self._request_id):
-            return views.reply_blocks(text)
-        value = views.stop_value(self._request_id, self._target.user)
-        return views.reply_blocks(text, stop=(t("stop_button", self._target.lang), value))
-
-    async def _post(self, text: str, *, stop: bool) -> None:
-        response = await self._client.chat_postMessage(**views.message_payload(
-            channel=self._target.channel, text=text, thread_ts=self._thread_ts,
-            blocks=self._blocks(text, stop=stop)))
-        self._posted.append(_Posted(ts=response["ts"], text=text, stop=stop, edited_at=self._clock()))
-
-    async def _edit(self, index: int, text: str, *, stop: bool) -> None:
-        posted = self._posted[index]
-        if posted.text == text and posted.stop == stop:
-            return
-        await self._client.chat_update(**views.update_payload(
-            channel=self._target.channel, ts=posted.ts, text=text, blocks=self._blocks(text, stop=stop)))
-        posted.text, posted.stop, posted.edited_at = text, stop, self._clock()
 
     async def _react(self, method: str) -> None:
         payload = views.reaction_payload(channel=self._target.channel, ts=self._target.post_ts,

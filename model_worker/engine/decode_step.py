@@ -1,0 +1,86 @@
+"""One GPT-NeoX decode step for the whole batch over the static KV cache, with the library's own modules.
+
+A decode step feeds one token per row. transformers' forward spends most of a small model's step in
+generic plumbing (output capturing, mask factories, cache bookkeeping, attention-interface lookup);
+:class:`LeanDecoder` runs the same modules (LayerNorms, linears, MLP, rotary embedding,
+``apply_rotary_pos_emb``) in the same order and the same ``scaled_dot_product_attention``, so the numbers
+match the library's forward. Each row's new key and value are written in place at its own column of the
+static cache; attention reads a view of the first ``width`` columns, masked per row.
+
+:class:`LibraryDecoder` is the same step through transformers' own forward (a check, and the fallback
+behind ``lean_decode=False``): it lends the model a ``DynamicCache`` built from the static cache's views,
+lets it append the new column, and copies that column back to each row's own position. It copies the
+cache every step; the lean step does not.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn.functional import scaled_dot_product_attention
+from transformers import GPTNeoXForCausalLM
+from transformers.models.gpt_neox.modeling_gpt_neox import apply_rotary_pos_emb
+
+from model_worker.engine.batch import StepInputs
+from model_worker.engine.kv_cache import StaticKVCache
+from model_worker.engine.prefill import cache_of, kv_of
+
+
+class LeanDecoder:
+    """The decode step without transformers' per-call machinery."""
+
+    def __init__(self, llm: GPTNeoXForCausalLM) -> None:
+        self.llm = llm
+        self.parallel_residual = llm.config.use_parallel_residual
+
+    def shape_for(self, rows: int, width: int) -> tuple[int, int]:
+        """Exactly what the step needs (eager kernels take any shape)."""
+        return rows, width
+
+    @torch.inference_mode()
+    def __call__(self, step: StepInputs, cache: StaticKVCache) -> torch.Tensor:
+        """Next-token logits ``[rows, vocab]``; writes the step's keys and values into ``cache``."""
+        model = self.llm.gpt_neox
+        hidden = model.embed_in(step.input_ids)
+        cos, sin = model.rotary_emb(hidden, position_ids=step.positions.unsqueeze(1))
+        for index, layer in enumerate(model.layers):
+            hidden = self._layer(index, layer, cache, step, hidden, cos, sin)
+        return self.llm.lm_head(model.final_layer_norm(hidden))[:, -1]
+
+    def _layer(self, index, layer, cache, step, hidden, cos, sin) -> torch.Tensor:
+        attention = layer.attention
+        qkv = attention.query_key_value(layer.input_layernorm(hidden))
+        qkv = qkv.view(*hidden.shape[:-1], -1, 3 * attention.head_size).transpose(1, 2)
+        query, key, value = qkv.chunk(3, dim=-1)
+        query, key = apply_rotary_pos_emb(query, key, cos, sin)
+        cache.write(index, step.write_index, key[:, :, 0], value[:, :, 0])
+        keys, values = cache.window(index, step.rows, step.width)
+        attended = scaled_dot_product_attention(query, keys, values, attn_mask=step.mask, scale=attention.scaling)
+        attended = attention.dense(attended.transpose(1, 2).reshape(*hidden.shape[:-1], -1))
+        if self.parallel_residual:
+            return layer.mlp(layer.post_attention_layernorm(hidden)) + attended + hidden
+        attended = attended + hidden
+        return layer.mlp(layer.post_attention_layernorm(attended)) + attended
+
+
+class LibraryDecoder:
+    """The decode step as transformers' own forward (copies the cache every step: a check, not the fast path)."""
+
+    def __init__(self, llm: GPTNeoXForCausalLM) -> None:
+        self.llm = llm
+
+    def shape_for(self, rows: int, width: int) -> tuple[int, int]:
+        return rows, width
+
+    @torch.inference_mode()
+    def __call__(self, step: StepInputs, cache: StaticKVCache) -> torch.Tensor:
+        """The library appends the new position as column ``width - 1`` of every row; the mask hides each
+        row's columns between its own length and that column."""
+        old = step.width - 1
+        lent = cache_of([cache.window(layer, step.rows, old) for layer in range(cache.layers)], self.llm.config)
+        columns = torch.arange(step.width, device=step.positions.device)
+        mask = (columns < step.positions.unsqueeze(1)) | (columns == old)
+        output = self.llm(input_ids=step.input_ids, position_ids=step.positions.unsqueeze(1),
+                          attention_mask=mask.long(), cache=lent, use_cache=True)
+        for layer, (keys, values) in enumerate(kv_of(output.cache)):
+            cache.write(layer, step.write_index, keys[:, :, old], values[:, :, old])
+        return output.logits[:, -1]
