@@ -5,9 +5,9 @@ Sized after the weights are loaded. Every position of every layer keeps a key an
 width: 2 x 36 layers x 2816 x 2 bytes = 405,504 bytes per token at the real shapes in bfloat16 or float16.
 A row of the batch can reach the whole context, so the batch size is what memory must cover. The plan
 counts ``transient_copies`` copies of a full-context row: the decode batch's KV cache (model_worker/engine/
-kv_cache.py: one slot per row, kept allocated), and while rows are prefilled together the prefill's own
-output and the per-row copies taken from it (engine/prefill.py), both beside that cache. The prefix cache
-keeps finished answers' own KV, unpadded, once.
+kv_cache.py: one slot per row, kept allocated) and, while rows are prefilled together, the prefill's KV
+beside it (engine/prefill.py; its output and per-row copies overlap only briefly, within the unplanned
+share). The prefix cache keeps finished answers' own KV, unpadded, once.
 """
 
 from __future__ import annotations
@@ -25,8 +25,10 @@ DEFAULT_FREE_SHARE = 0.9
 PREFIX_CACHE_SHARE = 0.25
 #: Allocator slack, the sampler, Python objects: held whatever the batch.
 FIXED_WORKSPACE_BYTES = 256 * 2**20
-#: The batch's KV cache, plus a batched prefill's output and its per-row copies (see the module's text).
-TRANSIENT_KV_COPIES = 3
+#: The batch's KV cache, and a batched prefill's KV beside it (see the module's text). Measured with
+#: benchmarks.small_hosts --budget-check (bfloat16, rows of 512 positions): 5 rows grew the process 1.96 GiB,
+#: 0.39 GiB a row, under the 0.43 GiB a row two copies plus working space itemise.
+TRANSIENT_KV_COPIES = 2
 #: The budget's share kept for what the plan does not itemise: freed memory malloc has not handed back,
 #: the model's smaller temporaries. Measured (benchmarks.small_hosts --budget-check 4 --budget-context 512,
 #: bfloat16, the engine before its static KV cache, two copies counted): a full batch of 8 grew 4.38 GiB,
