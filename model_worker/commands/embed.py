@@ -6,13 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from model_worker.commands.model_flags import add_model_arguments
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", type=Path, required=True, help="weights directory (sources or bundle)")
     parser.add_argument("--image", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True, help="the .npy file to write")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    parser.add_argument("--dtype", default="auto", help="auto, float16, bfloat16, float32")
+    add_model_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -25,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         image = decode_image(args.image.read_bytes())
-        loaded = load_model(args.weights, device=args.device, dtype=args.dtype)
+        loaded = load_model(args.weights, device=args.device, dtype=args.dtype, quantize=args.quantize)
     except (OSError, ImageDecodeError, WeightsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

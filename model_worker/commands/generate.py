@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from model_worker.commands.model_flags import add_model_arguments
 from model_worker.wire.protocol import ChatRequest, GenerationParams, ImageRef, Turn
 
 
@@ -27,9 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, default=50)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--max-new-tokens", type=int, default=512)
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    parser.add_argument("--dtype", default="auto", help="auto, float16, bfloat16, float32")
-    parser.add_argument("--json", action="store_true", help="print one JSON object (text, token_ids, timings...)")
+    add_model_arguments(parser)
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object (text, token_ids, device, dtype, quantize, timings...)")
 
 
 def _read_turns(args: argparse.Namespace) -> list[Turn]:
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     started = time.perf_counter()
     try:
-        engine = load_engine(args.weights, device=args.device, dtype=args.dtype,
+        engine = load_engine(args.weights, device=args.device, dtype=args.dtype, quantize=args.quantize,
                              options=EngineOptions(max_batch_size=1))
     except (WeightsError, ValueError) as exc:
         print(f"error: cannot load the weights: {exc}", file=sys.stderr)
@@ -103,8 +104,7 @@ def _generate(engine, request: ChatRequest, *, stream: bool) -> dict:
                "decode_tokens_per_s": decode_steps / max(t3 - t2, 1e-9)}
     return {"text": seq.text, "token_ids": seq.output_ids, "prompt_tokens": seq.prompt_tokens,
             "completion_tokens": seq.state.steps, "finish_reason": seq.finish_reason.value,
-            "seed": seq.state.sampler.seed, "device": str(engine.device), "dtype": str(engine.dtype).replace("torch.", ""),
-            "timings": timings}
+            "seed": seq.state.sampler.seed, **engine.loaded.describe(), "timings": timings}
 
 
 def _show(text: str, shown: str, stream: bool) -> str:

@@ -372,9 +372,9 @@ class MiniGPT4Engine:
         self.prefixes.store(state.items + tuple(state.generated[:fed]), kv)
 
 
-def load_engine(weights: Path, *, device: str = "auto", dtype: str = "auto",
+def load_engine(weights: Path, *, device: str = "auto", dtype: str = "auto", quantize: str = "none",
                 progress: Callable[[str], None] | None = None,
                 options: EngineOptions | None = None) -> MiniGPT4Engine:
     """Load the model from a weights directory and wrap it in the engine (with its caches)."""
-    loaded = load_model(Path(weights), device=device, dtype=dtype, progress=progress)
+    loaded = load_model(Path(weights), device=device, dtype=dtype, quantize=quantize, progress=progress)
     return MiniGPT4Engine(loaded, options=options)

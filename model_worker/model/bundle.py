@@ -2,8 +2,9 @@
 
 A bundle directory is itself a weights directory: ``minigpt4.safetensors`` (tensors at their source
 precision; metadata holds a fingerprint of the sources it came from), ``arch.json`` and ``gpt-neox/`` with
-the config and tokenizer files. The worker writes one as a cache on first load and starts from it later by
-memory-mapping; a changed source (size or modification time) invalidates it.
+the config and tokenizer files. The worker writes one as a cache on first load and starts from it later,
+reading each tensor straight to its place (no unpickling); a changed source (size or modification time)
+invalidates it.
 """
 
 from __future__ import annotations
@@ -101,13 +102,64 @@ def write_bundle(out_dir: Path, tensors: Mapping[str, torch.Tensor], *, weights_
     return out_dir / BUNDLE_FILE
 
 
-def read_bundle(bundle_dir: Path) -> dict[str, torch.Tensor]:
-    """The bundle's tensors, read through a memory map of the file."""
-    tensors: dict[str, torch.Tensor] = {}
-    try:
-        with safe_open(str(bundle_dir / BUNDLE_FILE), framework="pt", device="cpu") as handle:
-            for key in handle.keys():  # noqa: SIM118 - safe_open is not a Mapping
-                tensors[key] = handle.get_tensor(key)
-    except (SafetensorError, OSError) as exc:
-        raise WeightsError(f"cannot read the bundle {bundle_dir / BUNDLE_FILE}: {exc}") from exc
-    return tensors
+class BundleTensors:
+    """The bundle's tensors, each read from the file when taken, not through a memory map (whose touched
+    pages stay resident beside the copy a cast or a quantization makes)."""
+
+    def __init__(self, bundle_dir: Path) -> None:
+        self.path = bundle_dir / BUNDLE_FILE
+        try:
+            self._handle = safe_open(str(self.path), framework="pt", device="cpu", backend="pread")
+            self._offsets = _data_offsets(self.path)
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise WeightsError(f"cannot read the bundle {self.path}: {exc}") from exc
+
+    def shapes(self) -> dict[str, torch.Size]:
+        """Every tensor's shape, from the header (nothing is read)."""
+        return {key: torch.Size(self._handle.get_slice(key).get_shape()) for key in self._handle.keys()}
+
+    def take(self, name: str) -> torch.Tensor:
+        """The tensor ``name`` at its stored precision, in memory of its own."""
+        try:
+            return self._handle.get_tensor(name)
+        except (SafetensorError, OSError) as exc:
+            raise WeightsError(f"cannot read {name} from the bundle {self.path}: {exc}") from exc
+
+    def take_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start:stop`` (first dimension) of ``name``, reading only their bytes: safetensors' own
+        slices read the whole tensor first, which would put a whole output head beside its copy."""
+        meta = self._handle.get_slice(name)
+        shape, dtype = meta.get_shape(), _TORCH_DTYPES[meta.get_dtype()]
+        out = torch.empty((stop - start, *shape[1:]), dtype=dtype)
+        row_bytes = out[:1].nbytes if stop > start else 0
+        _read_exactly(self.path, out.view(torch.uint8).numpy(), self._offsets[name] + start * row_bytes)
+        return out
+
+    def close(self) -> None:
+        self._handle = None
+
+
+# safetensors' dtype names (its format documentation) for the dtypes a bundle holds.
+_TORCH_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64,
+                 "I64": torch.int64, "I32": torch.int32, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def _data_offsets(path: Path) -> dict[str, int]:
+    """Where each tensor's bytes start in a safetensors file: after the 8-byte header length and the JSON
+    header, at the tensor's ``data_offsets`` (the file format, as documented by safetensors)."""
+    with path.open("rb") as handle:
+        header_length = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(header_length))
+    return {name: 8 + header_length + entry["data_offsets"][0]
+            for name, entry in header.items() if name != "__metadata__"}
+
+
+def _read_exactly(path: Path, buffer, offset: int) -> None:
+    view = memoryview(buffer).cast("B")
+    with path.open("rb", buffering=0) as handle:
+        done = 0
+        while done < len(view):
+            count = os.preadv(handle.fileno(), [view[done:]], offset + done)
+            if count == 0:
+                raise WeightsError(f"{path} ends early (truncated bundle)")
+            done += count

@@ -30,7 +30,7 @@ class MiniGPT4(nn.Module):
         self.qformer = build_qformer(arch.qformer, encoder_width=arch.vision.width)
         self.llama_proj = nn.Linear(arch.qformer.hidden, llm_config.hidden_size)
         self.llm = GPTNeoXForCausalLM(llm_config)
-        # Set by place_model: the CUDA autocast dtype (None on CPU, where everything is float32).
+        # Set by placement: the autocast dtype of the image path (None when everything is float32).
         self.autocast_dtype: torch.dtype | None = None
 
     @property
@@ -84,35 +84,56 @@ def build_empty_model(arch: Arch, llm_config: GPTNeoXConfig) -> MiniGPT4:
     return model.eval()
 
 
-def materialize_buffers(model: MiniGPT4) -> None:
+def materialize_buffers(model: MiniGPT4, device: torch.device | str = "cpu") -> None:
     """Create the non-persistent buffers (no weights file holds them) after loading onto a meta model."""
     for block in model.visual_encoder.blocks:
         if getattr(block.attn, "k_bias", None) is not None:
-            block.attn.register_buffer("k_bias", torch.zeros_like(block.attn.q_bias, device="cpu"), persistent=False)
-    model.llm.gpt_neox.rotary_emb = GPTNeoXRotaryEmbedding(config=model.llm.config)
+            zeros = torch.zeros(block.attn.q_bias.shape, dtype=block.attn.q_bias.dtype, device=device)
+            block.attn.register_buffer("k_bias", zeros, persistent=False)
+    # The rotary frequencies stay float32, as the library computes them.
+    model.llm.gpt_neox.rotary_emb = GPTNeoXRotaryEmbedding(config=model.llm.config).to(device)
     left = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:
         raise RuntimeError(f"tensors left without values after loading: {left[:10]}")
 
 
+def precision_plan(model: MiniGPT4, dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """The dtype of every weight for a model run in ``dtype``, as the reference runs it in fp16 (LAVIS
+    ``convert_weights_to_fp16`` on the ViT, fp16 LLM, the image path under autocast): the LLM in ``dtype``;
+    norms, tokens, position embedding, q/v biases and ln_vision in float32; the Linear/Conv weights of the
+    ViT, Q-Former and projection in ``dtype``. The reference keeps the Q-Former's and projection's in
+    float32, but autocast casts them to ``dtype`` at every call, so storing them so gives the same numbers
+    in half the memory. For float32 every weight is float32."""
+    plan = {name: torch.float32 for name, _ in model.named_parameters()}
+    if dtype == torch.float32:
+        return plan
+    plan |= {f"llm.{name}": dtype for name, _ in model.llm.named_parameters()}
+    for module_name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d | nn.Linear) and not module_name.startswith("llm."):
+            plan |= {f"{module_name}.{name}": dtype for name, _ in module.named_parameters()}
+    return plan
+
+
+def autocast_dtype_for(dtype: torch.dtype) -> torch.dtype | None:
+    """The autocast dtype the image path runs under for a model placed in ``dtype`` (None: plain float32)."""
+    return None if dtype == torch.float32 else dtype
+
+
 def place_model(model: MiniGPT4, *, device: torch.device, dtype: torch.dtype) -> MiniGPT4:
-    """Move and cast as the reference runs: float32 on CPU; on CUDA the LLM and the ViT's Linear/Conv
-    weights in ``dtype`` (ViT norms, tokens and q/v biases stay float32), the rest float32, under autocast."""
-    if device.type == "cpu" or dtype == torch.float32:
-        model.autocast_dtype = None
-        return model.to(device=device, dtype=torch.float32)
-    return place_mixed_precision(model, device=device, dtype=dtype)
+    """Move and cast a loaded model as :func:`precision_plan` says (float32: everything float32)."""
+    plan = precision_plan(model, dtype)
+    for name, param in list(model.named_parameters()):
+        module_name, _, leaf = name.rpartition(".")
+        module = model.get_submodule(module_name)
+        module._parameters[leaf] = nn.Parameter(param.data.to(device=device, dtype=plan[name]), requires_grad=False)
+    for module in model.modules():
+        for leaf, buffer in module._buffers.items():
+            if buffer is not None:
+                module._buffers[leaf] = buffer.to(device)
+    model.autocast_dtype = autocast_dtype_for(dtype)
+    return model
 
 
 def place_mixed_precision(model: MiniGPT4, *, device: torch.device, dtype: torch.dtype) -> MiniGPT4:
-    """The reference's mixed precision (LAVIS ``convert_weights_to_fp16`` on the ViT, fp16 LLM, autocast)."""
-    for name, child in model.named_children():
-        child.to(device=device, dtype=dtype if name == "llm" else torch.float32)
-    model.query_tokens.data = model.query_tokens.data.to(device=device, dtype=torch.float32)
-    # The rotary frequencies stay float32, as the library computes them.
-    model.llm.gpt_neox.rotary_emb = GPTNeoXRotaryEmbedding(config=model.llm.config).to(device)
-    for module in model.visual_encoder.modules():
-        if isinstance(module, nn.Conv2d | nn.Linear):
-            module.to(dtype=dtype)
-    model.autocast_dtype = dtype
-    return model
+    """The reference's mixed precision in ``dtype`` (kept for callers that name it; see :func:`place_model`)."""
+    return place_model(model, device=device, dtype=dtype)

@@ -180,9 +180,14 @@ def source_of(name: str) -> str:
 
 def check_tensors(tensors: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Size]) -> None:
     """Raise :class:`WeightsError` naming every missing or mis-shaped tensor."""
-    missing = [f"{name} ({source_of(name)})" for name in sorted(set(expected) - set(tensors))]
-    wrong = [f"{name} ({source_of(name)}) is {tuple(tensors[name].shape)}, expected {tuple(shape)}"
-             for name, shape in expected.items() if name in tensors and tensors[name].shape != shape]
+    check_shapes({name: tensor.shape for name, tensor in tensors.items()}, expected)
+
+
+def check_shapes(shapes: Mapping[str, torch.Size], expected: Mapping[str, torch.Size]) -> None:
+    """Like :func:`check_tensors`, from the tensors' shapes alone."""
+    missing = [f"{name} ({source_of(name)})" for name in sorted(set(expected) - set(shapes))]
+    wrong = [f"{name} ({source_of(name)}) is {tuple(shapes[name])}, expected {tuple(shape)}"
+             for name, shape in expected.items() if name in shapes and shapes[name] != shape]
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing: {', '.join(missing[:12])}{' ...' if len(missing) > 12 else ''}")

@@ -23,6 +23,16 @@ def loaded(tiny_weights: Path):
     return load_model(tiny_weights, device="cpu", use_cache=False)
 
 
+@pytest.fixture(scope="session")
+def wide_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """make-tiny at scale 2: LLM hidden 128 and MLP 512, multiples of int4's group of 128."""
+    from model_worker.model.tiny import make_tiny
+
+    out = tmp_path_factory.mktemp("tiny-scale2")
+    make_tiny(out, seed=0, scale=2)
+    return out
+
+
 @pytest.fixture
 def make_engine(loaded) -> Callable:
     """A new engine (empty caches) on the shared model; keyword arguments are ``EngineOptions``."""

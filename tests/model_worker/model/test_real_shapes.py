@@ -74,7 +74,7 @@ def test_mixed_precision_placement_runs(tiny_weights):
     assert block.attn.qkv.weight.dtype == block.mlp.fc1.weight.dtype == torch.bfloat16
     assert model.visual_encoder.patch_embed.proj.weight.dtype == torch.bfloat16
     assert block.norm1.weight.dtype == block.attn.q_bias.dtype == model.visual_encoder.pos_embed.dtype == torch.float32
-    assert model.qformer.layernorm.weight.dtype == model.llama_proj.weight.dtype == torch.float32
+    assert model.qformer.layernorm.weight.dtype == torch.float32 and model.llama_proj.weight.dtype == torch.bfloat16
     assert model.llm.gpt_neox.embed_in.weight.dtype == torch.bfloat16
     assert model.llm.gpt_neox.rotary_emb.inv_freq.dtype == torch.float32
     with torch.inference_mode():
