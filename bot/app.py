@@ -85,7 +85,10 @@ async def _local_worker(settings: Settings, *, quiet: bool) -> AsyncIterator[Wor
         extra_args=(
             "--request-timeout", str(settings.worker_request_timeout_s),
             "--log-level", "WARNING" if quiet else settings.log_level,
+            "--quantize", settings.worker_quantize,
             *(("--step-timeout", str(settings.worker_step_timeout_s)) if settings.worker_step_timeout_s else ()),
+            *(("--memory-budget-gb", str(settings.worker_memory_budget_gb))
+              if settings.worker_memory_budget_gb else ()),
         ),
     )
     async with supervisor:

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from model_worker.wire.choices import DEFAULT_QUANTIZE, DTYPE_CHOICES, QUANTIZE_CHOICES
 from model_worker.wire.protocol import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_REQUEST_TIMEOUT_S
 
 #: A comma-separated list in the environment ("a,b,c"), a tuple in code.
@@ -51,7 +52,9 @@ class Settings(BaseSettings):
     worker_url: str | None = None  # http://HOST:PORT or unix:/path; unset: the bot starts its own worker
     worker_token: SecretStr | None = None  # bearer token for a worker bound to a non-loopback address
     worker_device: str = "auto"  # auto, cuda, cuda:N, cpu
-    worker_dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    worker_dtype: Literal[DTYPE_CHOICES] = "auto"
+    worker_quantize: Literal[QUANTIZE_CHOICES] = DEFAULT_QUANTIZE  # the language model's weights (README, Small hosts)
+    worker_memory_budget_gb: float | None = Field(None, gt=0)  # beyond the weights; unset: most of what is free
     worker_restart_backoff_s: float = Field(2.0, gt=0, le=300)
     worker_request_timeout_s: float = Field(DEFAULT_REQUEST_TIMEOUT_S, gt=0)
     worker_step_timeout_s: float | None = Field(None, gt=0)  # unset: the worker's own default per device

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from model_worker.model.choices import DEFAULT_QUANTIZE, DTYPE_CHOICES, QUANTIZE_CHOICES
+from model_worker.wire.choices import DEFAULT_QUANTIZE, DTYPE_CHOICES, QUANTIZE_CHOICES
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

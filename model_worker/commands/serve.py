@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+from model_worker.commands.model_flags import add_memory_budget_argument, add_model_arguments
 from model_worker.commands.throughput_flags import (
     add_throughput_arguments,
     engine_options_from_args,
@@ -54,8 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token-env", default="WORKER_TOKEN", metavar="NAME",
                         help="environment variable holding the bearer token (default WORKER_TOKEN)")
     parser.add_argument("--token", help="the bearer token itself (visible to local users in ps; prefer the env)")
-    parser.add_argument("--device", default="auto", help="auto, cuda, cuda:N or cpu")
-    parser.add_argument("--dtype", default="auto", choices=("auto", "float16", "bfloat16", "float32"))
+    add_model_arguments(parser)
+    add_memory_budget_argument(parser)
     parser.add_argument("--max-queue", type=positive(int), default=DEFAULT_MAX_QUEUE,
                         help=f"requests that may wait beyond the running batch; more are told busy "
                              f"(default {DEFAULT_MAX_QUEUE})")
@@ -103,6 +104,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         token=token,
         device=args.device,
         dtype=args.dtype,
+        quantize=args.quantize,
+        memory_budget_gb=args.memory_budget_gb,
         limits=SchedulerLimits(max_queue=args.max_queue, request_timeout_s=args.request_timeout,
                                max_tokens_in_flight=max_tokens_in_flight(args), step_timeout_s=args.step_timeout),
         engine_options=engine_options_from_args(args),

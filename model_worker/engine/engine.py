@@ -38,6 +38,7 @@ from model_worker.engine.prefill import prefill_together
 from model_worker.engine.prefix_cache import Items, PrefixCache
 from model_worker.engine.sequence import EngineError, Sequence
 from model_worker.model.loader import LoadedModel, load_model
+from model_worker.model.placement import release_freed_memory
 from model_worker.model.preprocess import ImageDecodeError, decode_image, preprocess_image
 from model_worker.model.prompt import ContextTooLongError, TokenizedPrompt, fit_question
 from model_worker.model.reply import ReplyReader
@@ -366,6 +367,8 @@ class MiniGPT4Engine:
             self._remember(state, kv)
         state.kv = None
         state.embeddings, state.pending = {}, {}
+        if in_batch and not len(self.batch):
+            release_freed_memory()  # the batch emptied: hand what its steps freed back to the system
 
     def _remember(self, state: SequenceState, kv: KV) -> None:
         fed = kv_length(kv) - state.prompt.length  # generated tokens that were fed back (not the last one)

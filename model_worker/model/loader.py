@@ -14,7 +14,6 @@ from transformers import GPTNeoXConfig
 
 from model_worker.model.arch import Arch, load_arch
 from model_worker.model.bundle import BundleTensors, default_cache_dir, is_bundle_dir, is_fresh, write_bundle
-from model_worker.model.choices import DTYPE_CHOICES
 from model_worker.model.minigpt4 import MiniGPT4, build_empty_model
 from model_worker.model.placement import DictTensors, TensorSource, place_weights
 from model_worker.model.quantize import check_quantize, module_bytes
@@ -27,6 +26,7 @@ from model_worker.model.weights import (
     read_llm_config,
     read_sources,
 )
+from model_worker.wire.choices import DTYPE_CHOICES
 
 log = logging.getLogger(__name__)
 

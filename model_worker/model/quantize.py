@@ -24,7 +24,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from model_worker.model.choices import QUANTIZE_CHOICES
+from model_worker.wire.choices import QUANTIZE_CHOICES
 
 INT4_GROUP_SIZE = 128
 # Slices of 16 Mi elements: torchao's float32 temporaries of 64 MiB are above malloc's mmap threshold,

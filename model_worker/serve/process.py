@@ -16,6 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -27,8 +28,12 @@ from model_worker.serve.http_app import WorkerState, create_app
 from model_worker.serve.ndjson_api import NdjsonApi
 from model_worker.serve.openai_api import OpenAiApi
 from model_worker.serve.remote_images import RemoteImageFetcher
-from model_worker.wire.protocol import DEFAULT_MAX_BODY_BYTES, ReadyInfo
+from model_worker.wire.choices import DEFAULT_QUANTIZE
+from model_worker.wire.protocol import CONTEXT_LENGTH, DEFAULT_MAX_BODY_BYTES, ReadyInfo
 from model_worker.wire.queue_streams import DEFAULT_CLAIM_IDLE_MS, DEFAULT_MAX_ATTEMPTS
+
+if TYPE_CHECKING:
+    from model_worker.model.memory_budget import MemoryPlan
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +57,8 @@ class ServeConfig:
     token: str | None = field(default=None, repr=False)
     device: str = "auto"
     dtype: str = "auto"
+    quantize: str = DEFAULT_QUANTIZE
+    memory_budget_gb: float | None = None  # beyond the weights; None: most of what is free once they are loaded
     engine_options: EngineOptions = EngineOptions()  # batch size, cache bounds, compile
     limits: SchedulerLimits = SchedulerLimits()
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
@@ -124,7 +131,8 @@ async def _run_until_stopped(loading: asyncio.Task[None], *, parent_pid: int | N
         await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if loading.done() and loading.exception() is not None:
             exc = loading.exception()
-            log.error("could not load the model: %s", exc, exc_info=exc)
+            # A ServeError says all there is to say (a budget too small, ...): no traceback for it.
+            log.error("could not load the model: %s", exc, exc_info=None if isinstance(exc, ServeError) else exc)
             return 1
         await stopping
         return 0
@@ -194,14 +202,15 @@ def _socket_in_use(path: Path) -> bool:
 async def _load(state: WorkerState, config: ServeConfig, executor: ThreadPoolExecutor,
                 front_ends: list[FrontEnd]) -> None:
     loop = asyncio.get_running_loop()
-    engine = await loop.run_in_executor(executor, _load_engine, config, state.set_progress)
+    engine, plan = await loop.run_in_executor(executor, _load_engine, config, state.set_progress)
     state.metrics.watch_engine(engine)
-    limits = config.limits
+    limits = replace(config.limits, max_tokens_in_flight=plan.max_tokens_in_flight)
     if limits.step_timeout_s is None:
         limits = replace(limits, step_timeout_s=DEFAULT_STEP_TIMEOUT_S.get(engine.device.type, 900.0))
     scheduler = Scheduler(engine, executor=executor, metrics=state.metrics, limits=limits)
     scheduler.start()
-    state.model_info = _model_info(engine, config)
+    state.model_info = {"model": config.weights.name, **engine.loaded.describe(), **plan.describe(),
+                        "max_queue": config.limits.max_queue}
     state.scheduler = scheduler
     state.set_progress("ready")
     for front_end in front_ends:
@@ -229,22 +238,27 @@ def _queue_consumer(config: ServeConfig, state: WorkerState) -> list[FrontEnd]:
                           ready_info=lambda: ReadyInfo(ready=state.accepting, **state.model_info))]
 
 
-def _load_engine(config: ServeConfig, progress: Callable[[str], None]) -> Engine:
-    # Imported here, on the engine thread, so torch's import does not hold up the event loop.
+def _load_engine(config: ServeConfig, progress: Callable[[str], None]) -> tuple[Engine, MemoryPlan]:
+    """Load the weights, size the batch and caches from the memory budget, and build the engine on them.
+    Runs on the engine thread (torch's import and the loading do not hold up the event loop)."""
     progress("importing the model libraries")
-    from model_worker.engine.engine import load_engine
+    from model_worker.engine.engine import MiniGPT4Engine
+    from model_worker.model.loader import load_model
+    from model_worker.model.memory_budget import MemoryBudgetError, plan_for_model
 
     progress(f"loading the weights from {config.weights}")
-
-    return load_engine(config.weights, device=config.device, dtype=config.dtype, progress=progress,
-                       options=config.engine_options)
-
-
-def _model_info(engine: Engine, config: ServeConfig) -> dict[str, object]:
-    info: dict[str, object] = {"model": config.weights.name, "max_batch_size": engine.max_batch_size,
-                               "max_queue": config.limits.max_queue}
-    for name in ("device", "dtype"):
-        value = getattr(engine, name, None)
-        if value is not None:
-            info[name] = str(value).removeprefix("torch.")
-    return info
+    loaded = load_model(config.weights, device=config.device, dtype=config.dtype, quantize=config.quantize,
+                        progress=progress)
+    options = config.engine_options
+    try:
+        plan = plan_for_model(loaded, budget_gb=config.memory_budget_gb, max_batch_size=options.max_batch_size,
+                              context_length=min(options.kv_cache_positions or CONTEXT_LENGTH, CONTEXT_LENGTH),
+                              image_cache_bytes=options.image_cache_bytes,
+                              max_tokens_in_flight=config.limits.max_tokens_in_flight,
+                              prefix_cache_tokens=options.prefix_cache_tokens)
+    except MemoryBudgetError as exc:
+        raise ServeError(str(exc)) from None
+    log.info("memory budget %.2f GiB: %d answers at once, %d positions of finished answers kept",
+             plan.budget_bytes / 2**30, plan.max_batch_size, plan.prefix_cache_tokens)
+    engine_options = replace(options, max_batch_size=plan.max_batch_size, prefix_cache_tokens=plan.prefix_cache_tokens)
+    return MiniGPT4Engine(loaded, options=engine_options), plan
