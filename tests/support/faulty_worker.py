@@ -47,7 +47,14 @@ class FaultyEngine:
 
 
 _load_real_engine = process._load_engine
-process._load_engine = lambda config, progress: FaultyEngine(_load_real_engine(config, progress))
+
+
+def _load_faulty_engine(config, progress):
+    engine, plan = _load_real_engine(config, progress)
+    return FaultyEngine(engine), plan
+
+
+process._load_engine = _load_faulty_engine
 
 if __name__ == "__main__":
     sys.exit(main())
