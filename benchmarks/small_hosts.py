@@ -35,7 +35,7 @@ from pathlib import Path
 from benchmarks.host_probe import SETTINGS
 
 RESULTS_DIR = Path(__file__).parent / "results"
-DEFAULT_WEIGHTS = Path("/work/bench-weights/real-shapes")
+DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "real-shapes"  # git ignores it
 #: Resident memory a setting needs on the CPU at the real shapes, with room to spare (GB).
 NEEDS_GB = {"float32": 24, "float16": 12, "bfloat16": 12, "int8": 8, "int4": 6}
 CHILD_TIMEOUT_S = 3600
