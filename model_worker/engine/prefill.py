@@ -64,8 +64,14 @@ def prefill_together(model: torch.nn.Module, config: PretrainedConfig,
     output = model(inputs_embeds=inputs, position_ids=positions, attention_mask=mask, cache=cache, use_cache=True,
                    logits_to_keep=1)
     layers = kv_of(output.cache)
-    own = [[(k[i:i + 1, :, valid[i]], v[i:i + 1, :, valid[i]]) for k, v in layers] for i in range(len(rows))]
-    return own, output.logits[:, -1]
+    return [_own_kv(layers, i, valid[i]) for i in range(len(rows))], output.logits[:, -1]
+
+
+def _own_kv(layers: KV, row: int, valid: torch.Tensor) -> KV:
+    """One row's KV without its padding: a view when it has none (no copy of a long prompt's KV)."""
+    if bool(valid.all()):
+        return [(k[row:row + 1], v[row:row + 1]) for k, v in layers]
+    return [(k[row:row + 1, :, valid], v[row:row + 1, :, valid]) for k, v in layers]
 
 
 def _stacked_prefixes(prefixes: list[KV | None], width: int) -> KV:
