@@ -21,18 +21,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from model_worker.engine.sequence import Engine, EngineError, Sequence
 from model_worker.scheduling.fair_queue import FairQueue
 from model_worker.scheduling.metrics import WorkerMetrics
+from model_worker.scheduling.ticket import (
+    UNNAMED_FRONT_END,
+    Rejected,
+    Stop,
+    Ticket,
+    reserved_tokens,
+    timings,
+)
 from model_worker.wire.protocol import (
     BUSY_RETRY_AFTER_S,
     DEFAULT_MAX_QUEUE,
@@ -41,7 +48,6 @@ from model_worker.wire.protocol import (
     DoneEvent,
     ErrorCode,
     ErrorEvent,
-    Event,
     FinishReason,
     QueuedEvent,
     StartedEvent,
@@ -55,8 +61,6 @@ R = TypeVar("R")
 _INTERNAL_MESSAGE = "the worker failed while answering; its log has the details"
 
 
-#: The metrics' name for requests submitted without naming their front end (tests, benchmarks).
-UNNAMED_FRONT_END = "direct"
 
 _ARRIVAL_QUIET_S = 0.003  # no new request for this long: the arrivals have settled
 #: Threads that prepare requests (tokenizing, decoding and preprocessing images); mostly GIL-free work.
@@ -78,59 +82,6 @@ class SchedulerLimits:
     # The watchdog: an engine call (or a request's preparation) running longer than this makes the worker
     # unhealthy (None: never).
     step_timeout_s: float | None = None
-
-
-class Rejected(Exception):
-    """A request refused before it runs (``busy``, ``shutting_down``, ``loading``, a duplicate id or a
-    malformed request); carries the ``error`` event that says so."""
-
-    def __init__(self, event: ErrorEvent) -> None:
-        super().__init__(event.message)
-        self.event = event
-
-
-class _Stop(enum.Enum):
-    CANCEL = "cancel"
-    SHUTDOWN = "shutdown"
-
-
-@dataclass(eq=False)
-class Ticket:
-    """One request's life in the scheduler, and the events its client reads."""
-
-    request: ChatRequest
-    submitted_at: float
-    deadline: float
-    front_end: str = UNNAMED_FRONT_END  # where the request came from, for the metrics
-    seq: Sequence | None = None
-    position: int | None = None
-    stop: _Stop | None = None
-    ended: bool = False
-    sent_text: str = ""  # the reply as sent in ``token`` events so far
-    counted_tokens: int = 0
-    admitted_at: float | None = None
-    prefill_s: float | None = None
-    first_token_at: float | None = None
-    _queue: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
-
-    @property
-    def request_id(self) -> str:
-        return self.request.request_id
-
-    @property
-    def user(self) -> str:
-        return self.request.user
-
-    def put(self, event: Event) -> None:
-        self._queue.put_nowait(event)
-
-    async def events(self) -> AsyncIterator[Event]:
-        """The request's events, ending after the first ``done`` or ``error``."""
-        while True:
-            event = await self._queue.get()
-            yield event
-            if isinstance(event, DoneEvent | ErrorEvent):
-                return
 
 
 class Scheduler:
@@ -259,7 +210,7 @@ class Scheduler:
         ticket = self._tickets.get(request_id)
         if ticket is None:
             return False
-        self._request_stop(ticket, _Stop.CANCEL)
+        self._request_stop(ticket, Stop.CANCEL)
         return True
 
     async def shutdown(self, *, grace_s: float) -> None:
@@ -268,11 +219,11 @@ class Scheduler:
         self._accepting = False
         self._place_freed.set()  # wakes front ends waiting for a place: there will be none
         for ticket in list(self._waiting):
-            self._request_stop(ticket, _Stop.SHUTDOWN)
+            self._request_stop(ticket, Stop.SHUTDOWN)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), grace_s)
         for ticket in list(self._tickets.values()):
-            self._request_stop(ticket, _Stop.SHUTDOWN)
+            self._request_stop(ticket, Stop.SHUTDOWN)
         self._stopping = True
         self._poke()
         if self._loop_task is not None:
@@ -301,7 +252,7 @@ class Scheduler:
             self._fail([ticket], exc, step="prepare")
         else:
             if ticket.stop is not None or not self._accepting:
-                self._end(ticket, self._stop_event(ticket, ticket.stop or _Stop.SHUTDOWN))
+                self._end(ticket, self._stop_event(ticket, ticket.stop or Stop.SHUTDOWN))
             else:
                 self._waiting.push(ticket)
                 self._publish_positions()
@@ -310,7 +261,7 @@ class Scheduler:
             self._preparing -= 1
             self._update_gauges()
 
-    def _request_stop(self, ticket: Ticket, cause: _Stop) -> None:
+    def _request_stop(self, ticket: Ticket, cause: Stop) -> None:
         if ticket.ended:
             return
         ticket.stop = ticket.stop or cause
@@ -398,8 +349,8 @@ class Scheduler:
         limit = self._limits.max_tokens_in_flight
         if limit is None or not (self._running or admitted):
             return True
-        reserved = sum(_reserved_tokens(t) for t in (*self._running, *admitted))
-        return reserved + _reserved_tokens(next(iter(self._waiting))) <= limit
+        reserved = sum(reserved_tokens(t) for t in (*self._running, *admitted))
+        return reserved + reserved_tokens(next(iter(self._waiting))) <= limit
 
     async def _prefill(self, tickets: list[Ticket]) -> None:
         started = time.monotonic()
@@ -522,8 +473,8 @@ class Scheduler:
             return
         future.add_done_callback(_log_release_failure)
 
-    def _stop_event(self, ticket: Ticket, cause: _Stop) -> DoneEvent | ErrorEvent:
-        if cause is _Stop.CANCEL:
+    def _stop_event(self, ticket: Ticket, cause: Stop) -> DoneEvent | ErrorEvent:
+        if cause is Stop.CANCEL:
             return self._done_event(ticket, FinishReason.CANCELLED)
         return ErrorEvent(code=ErrorCode.SHUTTING_DOWN, message="the worker is shutting down")
 
@@ -547,7 +498,7 @@ class Scheduler:
             finish_reason=reason,
             usage=Usage(prompt_tokens=seq.prompt_tokens if seq else 0,
                         completion_tokens=len(seq.output_ids) if seq else 0),
-            timings=_timings(ticket, time.monotonic()),
+            timings=timings(ticket, time.monotonic()),
             question_cut=True if seq is not None and seq.question_cut else None,
         )
 
@@ -587,27 +538,6 @@ class Scheduler:
             self._idle.clear()
         else:
             self._idle.set()
-
-
-def _reserved_tokens(ticket: Ticket) -> int:
-    """Positions a request may occupy: its prompt plus every token it may generate."""
-    return ticket.seq.prompt_tokens + ticket.request.generation.max_new_tokens
-
-
-def _timings(ticket: Ticket, now: float) -> dict[str, float]:
-    """Seconds from submission: in the queue, prefilling, to the first token, in all."""
-    timings = {"total_s": now - ticket.submitted_at}
-    if ticket.admitted_at is not None:
-        timings["queue_s"] = ticket.admitted_at - ticket.submitted_at
-    if ticket.prefill_s is not None:
-        timings["prefill_s"] = ticket.prefill_s
-    if ticket.first_token_at is not None:
-        timings["ttft_s"] = ticket.first_token_at - ticket.submitted_at
-        generated = ticket.counted_tokens
-        decode_s = now - ticket.first_token_at
-        if generated > 1 and decode_s > 0:
-            timings["decode_tokens_per_s"] = (generated - 1) / decode_s
-    return {name: round(value, 6) for name, value in timings.items()}
 
 
 def _log_release_failure(future: Future[None]) -> None:

@@ -17,7 +17,8 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from model_worker.scheduling.metrics import WorkerMetrics
-from model_worker.scheduling.scheduler import Rejected, Scheduler, Ticket
+from model_worker.scheduling.scheduler import Scheduler
+from model_worker.scheduling.ticket import Rejected, Ticket
 from model_worker.wire.protocol import ChatRequest, ErrorCode, ErrorEvent, Event
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from model_worker.scheduling.metrics import WorkerMetrics
-from model_worker.scheduling.scheduler import Rejected
+from model_worker.scheduling.ticket import Rejected
 from model_worker.serve.front_end import HttpFrontEnd, read_body, validated
 from model_worker.wire.protocol import NDJSON, ChatRequest, ErrorEvent, dump_event
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from model_worker.scheduling.metrics import WorkerMetrics
-from model_worker.scheduling.scheduler import Rejected, Ticket
+from model_worker.scheduling.ticket import Rejected, Ticket
 from model_worker.serve.front_end import HttpFrontEnd, Malformed, Refusal, error_status, read_body
 from model_worker.serve.openai_answer import AnswerReader
 from model_worker.serve.openai_replies import (

@@ -30,7 +30,8 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from model_worker.scheduling.metrics import WorkerMetrics
-from model_worker.scheduling.scheduler import Rejected, Scheduler
+from model_worker.scheduling.scheduler import Scheduler
+from model_worker.scheduling.ticket import Rejected
 from model_worker.wire.protocol import (
     ChatRequest,
     DoneEvent,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterable, Iterable
 
-from model_worker.scheduling.scheduler import Ticket
+from model_worker.scheduling.ticket import Ticket
 from model_worker.wire.protocol import (
     MAX_NEW_TOKENS_LIMIT,
     ChatRequest,

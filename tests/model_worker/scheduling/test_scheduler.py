@@ -11,7 +11,7 @@ import functools
 
 import pytest
 
-from model_worker.scheduling.scheduler import Rejected
+from model_worker.scheduling.ticket import Rejected
 from model_worker.wire.protocol import (
     DoneEvent,
     ErrorCode,
