@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
 def _connection(args: argparse.Namespace) -> http.client.HTTPConnection:
     if args.url:
         return http.client.HTTPConnection(args.url.removeprefix("http://").rstrip("/"), timeout=args.timeout)
-    return _UnixConnection(args.socket or DEFAULT_SOCKET, timeout=args.timeout)
+    return UnixHTTPConnection(args.socket or DEFAULT_SOCKET, timeout=args.timeout)
 
 
 def _reason(body: bytes) -> str | None:
@@ -53,7 +53,7 @@ def _reason(body: bytes) -> str | None:
         return None
 
 
-class _UnixConnection(http.client.HTTPConnection):
+class UnixHTTPConnection(http.client.HTTPConnection):
     def __init__(self, path: Path, *, timeout: float) -> None:
         super().__init__("worker", timeout=timeout)
         self._path = str(path)

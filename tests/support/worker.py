@@ -9,7 +9,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 import aiohttp
 
 from bot.worker_client.http import HttpWorkerClient
+from model_worker.commands.health import UnixHTTPConnection
 
 READY_TIMEOUT_S = 120.0
 
@@ -62,7 +62,7 @@ class WorkerHandle:
             host, port = self.http_url.removeprefix("http://").rsplit(":", 1)
             connection = http.client.HTTPConnection(host, int(port), timeout=5)
         else:
-            connection = _UnixHTTPConnection(self.socket_path)
+            connection = UnixHTTPConnection(self.socket_path, timeout=5)
         try:
             connection.request("GET", path, headers=self.auth_headers())
             response = connection.getresponse()
@@ -151,14 +151,3 @@ def _worker_env() -> dict[str, str]:
     root = str(Path(__file__).resolve().parents[2])  # so that ``-m tests.support.faulty_worker`` resolves
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     return env
-
-
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path) -> None:
-        super().__init__("localhost", timeout=5)
-        self._path = str(path)
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self._path)
