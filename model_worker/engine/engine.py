@@ -230,6 +230,7 @@ class MiniGPT4Engine:
         for seq in seqs:
             seq.state.timings["prefill_s"] = elapsed
         self._advance_all(seqs, torch.stack(logits))
+        release_freed_memory()  # the ViT's and the forward's temporaries, before the rows join the batch
 
     def _encode_pending(self, states: list[SequenceState]) -> None:
         pending: dict[str, torch.Tensor] = {}
@@ -289,6 +290,8 @@ class MiniGPT4Engine:
         for seq in joining:
             self.batch.join([(seq, seq.state.kv)])
             seq.state.kv = None
+        if joining:  # their prefill KV, now copied into the batch: its pages back before finished rows are cloned
+            release_freed_memory()
         advancing = [seq for seq in active if seq in self.batch]
         if not advancing:
             return

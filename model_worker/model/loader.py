@@ -14,6 +14,7 @@ from transformers import GPTNeoXConfig
 
 from model_worker.model.arch import Arch, load_arch
 from model_worker.model.bundle import BundleTensors, default_cache_dir, is_bundle_dir, is_fresh, write_bundle
+from model_worker.model.cpu_packing import can_pack, pack_language_model
 from model_worker.model.minigpt4 import MiniGPT4, build_empty_model
 from model_worker.model.placement import DictTensors, TensorSource, place_weights
 from model_worker.model.quantize import check_quantize, module_bytes
@@ -161,6 +162,8 @@ def load_model(weights: Path, *, device: str = "auto", dtype: str = "auto", quan
     check_shapes(tensors.shapes(), {k: v.shape for k, v in model.state_dict().items()})
     report(f"placing the model on {torch_device} ({torch_dtype}, quantize {quantize})")
     place_weights(model, tensors, device=torch_device, dtype=torch_dtype, quantize=quantize, progress=report)
+    if can_pack(torch_device, torch_dtype):
+        log.info("packed %d language-model Linears for oneDNN", pack_language_model(model))
     if torch_device.type == "cpu":
         _limit_threads_for_tiny(model)
     seconds = time.perf_counter() - started
