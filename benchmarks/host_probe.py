@@ -2,8 +2,10 @@
 
 Resident memory comes from ``/proc/self/status`` (VmHWM is the peak, VmRSS the present); writing 5 to
 ``/proc/self/clear_refs`` resets the peak, so loading and serving each get their own. The memory read
-bandwidth is the best of five sums over a 512 MiB float32 tensor (larger than any cache), measured before
-the weights are loaded.
+bandwidth is a sum over a 512 MiB float32 tensor (larger than any cache): sampled once before each decode
+step of the one-stream run, the floor taken at the median of those samples (on a shared machine the
+bandwidth of the moment moves by a third within minutes), and the best of five before loading, reported
+beside it.
 """
 
 from __future__ import annotations
@@ -78,28 +80,30 @@ def picture() -> bytes:
     return buffer.getvalue()
 
 
-def run_streams(engine, requests: list[ChatRequest]) -> dict[str, float]:
+def run_streams(engine, requests: list[ChatRequest], *, between_steps=None) -> dict[str, float]:
     """Prefill the requests together, then decode them together until all finish (as the scheduler
-    would); tokens/s counts decode steps only (the first token of each comes from the prefill)."""
+    would); tokens/s counts decode steps only (the first token of each comes from the prefill), so time
+    spent in ``between_steps()`` (called before each step) is left out."""
     seqs = [engine.prepare(request) for request in requests]
     started = time.perf_counter()
     engine.prefill(seqs)
     prefilled = time.perf_counter()
     steps = []
     while not all(seq.finished for seq in seqs):
+        if between_steps:
+            between_steps()
         rows = sum(not seq.finished for seq in seqs)
         step_started = time.perf_counter()
         engine.decode(seqs)
         steps.append((rows, time.perf_counter() - step_started))
-    decoded = time.perf_counter()
     tokens = sum(rows for rows, _ in steps)
     for seq in seqs:
         engine.release(seq)
     release_freed_memory()  # as the engine should when its batch empties (see the README's wiring notes)
     full = [seconds for rows, seconds in steps if rows == len(seqs)] or [seconds for _, seconds in steps]
     return {"prompt_tokens": sum(seq.prompt_tokens for seq in seqs), "prefill_s": prefilled - started,
-            "decode_tokens": tokens, "decode_s": decoded - prefilled,
-            "tokens_per_s": tokens / max(decoded - prefilled, 1e-9),
+            "decode_tokens": tokens, "decode_s": sum(seconds for _, seconds in steps),
+            "tokens_per_s": tokens / max(sum(seconds for _, seconds in steps), 1e-9),
             "median_step_tokens_per_s": len(seqs) / statistics.median(full)}
 
 
@@ -115,25 +119,31 @@ def probe(weights: Path, setting: str, *, device: str, new_tokens: int, words: i
     dtype, quantize = SETTINGS[setting]
     if threads:
         torch.set_num_threads(threads)
-    bandwidth = read_bandwidth_bytes_per_s()
+    best_bandwidth = read_bandwidth_bytes_per_s()
     reset_peak_rss()
     before_load = rss_bytes("VmRSS")
     loaded = load_model(weights, device=device, dtype=dtype, quantize=quantize)
     result = {"setting": setting, "dtype": dtype, "quantize": quantize, "device": device,
-              "threads": torch.get_num_threads(), "bandwidth_gb_s": bandwidth / 1e9, "load_s": loaded.load_seconds,
+              "threads": torch.get_num_threads(), "bandwidth_before_load_gb_s": best_bandwidth / 1e9,
+              "load_s": loaded.load_seconds,
               "rss_before_load_gb": before_load / 1e9, "peak_rss_loading_gb": rss_bytes("VmHWM") / 1e9,
               "rss_after_load_gb": rss_bytes("VmRSS") / 1e9, "weights_gb": loaded.weights_bytes / 1e9,
               "llm_read_per_token_gb": llm_bytes_read_per_token(loaded) / 1e9}
-    result["floor_tokens_per_s"] = bandwidth / llm_bytes_read_per_token(loaded)
+    result["floor_before_load_tokens_per_s"] = best_bandwidth / llm_bytes_read_per_token(loaded)
     reset_peak_rss()
     engine = make_engine(loaded, max_batch_size=max(streams), context_length=2048)
     image = picture()
+    samples: list[float] = []
     for count in streams:
         requests = [question(index + 10 * count, words, image, new_tokens) for index in range(count)]
-        result[f"streams_{count}"] = run_streams(engine, requests)
+        sample = (lambda: samples.append(read_bandwidth_bytes_per_s(repeats=1))) if count == 1 else None
+        result[f"streams_{count}"] = run_streams(engine, requests, between_steps=sample)
     result["peak_rss_serving_gb"] = rss_bytes("VmHWM") / 1e9
     one = result.get("streams_1")
     if one:
+        # The floor at the bandwidth of the moment: the median of one read sampled before each step.
+        result["bandwidth_gb_s"] = statistics.median(samples) / 1e9
+        result["floor_tokens_per_s"] = statistics.median(samples) / llm_bytes_read_per_token(loaded)
         result["one_stream_floor_ratio"] = one["tokens_per_s"] / result["floor_tokens_per_s"]
         result["one_stream_median_step_floor_ratio"] = one["median_step_tokens_per_s"] / result["floor_tokens_per_s"]
     return result

@@ -6,12 +6,12 @@
     .venv/bin/python -m benchmarks.small_hosts --device cuda --streams 1,32
 
 The weights are written once (about 10 GB, ``benchmarks.real_shapes``) to ``--weights`` and reused. Each
-setting runs ``benchmarks.host_probe`` in a fresh process, so that its peak memory is its own: it measures
-the memory read bandwidth, loads the weights (peak resident memory while loading), then serves one stream
-(an image question) and N streams together through the engine (peak resident memory while serving) and
-reports decode tokens/s. The floor for one stream is bandwidth / the language model's bytes read per token
-(every weight but the input embedding); the ratio one-stream tokens/s / floor says how close decode comes
-to the memory's speed. Every figure is given as min / median / max over ``--repeats`` runs: the
+setting runs ``benchmarks.host_probe`` in a fresh process, so that its peak memory is its own: it loads the
+weights (peak resident memory while loading), then serves one stream (an image question) and N streams
+together through the engine (peak resident memory while serving) and reports decode tokens/s. The floor for
+one stream is the memory read bandwidth, sampled between that stream's decode steps, / the language model's
+bytes read per token (every weight but the input embedding); the ratio one-stream tokens/s / floor says how
+close decode comes to the memory's speed. Every figure is given as min / median / max over ``--repeats`` runs: the
 development machine is shared, so the spread matters.
 
 ``--budget-check GB`` instead runs a full batch (as many rows as ``--memory-budget-gb GB`` allows at
@@ -39,7 +39,7 @@ DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "real-shapes"  # git ignor
 #: Resident memory a setting needs on the CPU at the real shapes, with room to spare (GB).
 NEEDS_GB = {"float32": 24, "float16": 12, "bfloat16": 12, "int8": 8, "int4": 6}
 CHILD_TIMEOUT_S = 3600
-SUMMARY_FIELDS = ("bandwidth_gb_s", "load_s", "peak_rss_loading_gb", "peak_rss_serving_gb", "weights_gb",
+SUMMARY_FIELDS = ("bandwidth_gb_s", "bandwidth_before_load_gb_s", "load_s", "peak_rss_loading_gb", "peak_rss_serving_gb", "weights_gb",
                   "floor_tokens_per_s", "one_stream_floor_ratio", "one_stream_median_step_floor_ratio")
 
 
