@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from model_worker.model.bundle import BundleTensors
+from model_worker.model.cpu_packing import OneDnnLinear
 from model_worker.model.loader import CPU_BFLOAT16_FROM_PARAMS, load_model, resolve_dtype
 from model_worker.model.minigpt4 import build_empty_model
 from model_worker.model.placement import place_weights, weight_groups
@@ -41,7 +42,9 @@ def test_reduced_precision_on_cpu_places_the_reference_mix(tiny_weights, name):
     model = loaded.model
     assert loaded.dtype == dtype and loaded.describe() == {"device": "cpu", "dtype": name, "quantize": "none"}
     block = model.visual_encoder.blocks[0]
-    assert block.attn.qkv.weight.dtype == block.mlp.fc2.bias.dtype == model.llm.lm_head.weight.dtype == dtype
+    head = model.llm.lm_head  # oneDNN-packed where this CPU computes the dtype natively
+    head_weight = head.packed_weight if isinstance(head, OneDnnLinear) else head.weight
+    assert block.attn.qkv.weight.dtype == block.mlp.fc2.bias.dtype == head_weight.dtype == dtype
     assert model.llm.gpt_neox.layers[0].input_layernorm.weight.dtype == dtype
     assert block.norm1.weight.dtype == block.attn.q_bias.dtype == model.visual_encoder.pos_embed.dtype == torch.float32
     assert model.ln_vision.weight.dtype == model.qformer.layernorm.weight.dtype == model.query_tokens.dtype == torch.float32
