@@ -24,19 +24,25 @@ from model_worker.engine.batch import StepInputs
 from model_worker.engine.kv_cache import StaticKVCache
 from model_worker.engine.prefill import cache_of, kv_of
 
+#: Keys of one layer from which a float32 CPU step attends by matrix products (see decode_attention).
+MATMUL_ATTENTION_FROM_BYTES = 2**20
+
 
 def decode_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None,
                      scale: float) -> torch.Tensor:
     """One query per row over the cache's views: ``[rows, heads, 1, head_dim]`` against ``[rows, heads, width,
     head_dim]``, ``mask`` ``[rows, 1, 1, width]`` (True: visible) or None.
 
-    float32 on a CPU: attention as two matrix products (transformers' eager formulation), the scores as
-    keys x query so that the long operand is read in its own layout. Measured on a 2-core AVX-512 CPU at the
-    real shapes (8 rows, 22 heads of 128): from 100 to 1,000 positions it grew by 1.55 times the time to
-    read the extra keys and values once, where torch's fused kernel grew by 2.2 times (benchmarks/
-    decode_steps.py). Elsewhere the fused kernel, which is faster there (for bfloat16 on a CPU about twice,
-    and on CUDA the flash kernels)."""
-    if query.device.type != "cpu" or query.dtype != torch.float32:
+    float32 on a CPU, once the keys are large enough to come from memory rather than cache: attention as two
+    matrix products (transformers' eager formulation), the scores as keys x query so that the long operand
+    is read in its own layout. Measured on a 2-core AVX-512 CPU at the real shapes (22 heads of 128, keys
+    and values of 36 layers, so never cached): as fast as torch's fused kernel for one row of 100 positions,
+    a third faster from 300 positions or 4 rows on, and from 100 to 1,000 positions (8 rows) it grew by 1.55
+    times the time to read the extra keys and values once where the fused kernel grew by 2.2 times
+    (benchmarks/decode_steps.py). Elsewhere the fused kernel, faster there: small caches (tiny models: its
+    one call against five), bfloat16 on a CPU (about twice) and CUDA (flash kernels)."""
+    if (query.device.type != "cpu" or query.dtype != torch.float32
+            or keys.numel() * keys.element_size() < MATMUL_ATTENTION_FROM_BYTES):
         return scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scale)
     scores = torch.matmul(keys, query.transpose(-1, -2)).transpose(-1, -2) * scale
     if mask is not None:

@@ -6,7 +6,14 @@ import pytest
 import torch
 from torch.nn.functional import scaled_dot_product_attention
 
+from model_worker.engine import decode_step
 from model_worker.engine.decode_step import decode_attention
+
+
+@pytest.fixture(autouse=True)
+def matmul_for_any_size(monkeypatch):
+    """These caches are small; the matrix products must serve them as they serve real ones."""
+    monkeypatch.setattr(decode_step, "MATMUL_ATTENTION_FROM_BYTES", 0)
 
 
 def cache_views(dtype: torch.dtype, rows: int = 4, width: int = 37):
@@ -38,5 +45,12 @@ def test_a_row_sees_only_its_own_columns():
 
 def test_bfloat16_keeps_the_fused_kernel():
     query, keys, values, mask = cache_views(torch.bfloat16)
+    assert torch.equal(decode_attention(query, keys, values, mask, 0.25),
+                       scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=0.25))
+
+
+def test_small_float32_caches_keep_the_fused_kernel(monkeypatch):
+    monkeypatch.setattr(decode_step, "MATMUL_ATTENTION_FROM_BYTES", 2**20)
+    query, keys, values, mask = cache_views(torch.float32)
     assert torch.equal(decode_attention(query, keys, values, mask, 0.25),
                        scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=0.25))
