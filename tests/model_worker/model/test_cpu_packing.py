@@ -29,8 +29,8 @@ def test_packed_linear_gives_the_plain_linears_exact_result(shape, bias):
         assert torch.equal(packed(strided), plain(strided.contiguous()))
 
 
-def test_only_float32_and_other_devices_keep_the_plain_layout():
-    assert not can_pack(torch.device("cpu"), torch.float32)
+def test_other_dtypes_and_devices_keep_the_plain_layout():
+    assert not can_pack(torch.device("cpu"), torch.float32) and not can_pack(torch.device("cpu"), torch.float16)
     assert not can_pack(torch.device("meta"), torch.bfloat16)
 
 
