@@ -287,12 +287,16 @@ class Store:
         return cursor.lastrowid
 
     def _list_turns(self, conversation_id: int, limit: int | None, max_text_chars: int | None) -> list[StoredTurn]:
-        text = "substr(text, 1, ?)" if max_text_chars is not None else "text"
+        # SQLite's text functions stop at a NUL character (a model can write one: sentencepiece's <0x00>), so a
+        # long text is cut as bytes, 4 per character at most in UTF-8, and then to characters here.
+        text = "substr(CAST(text AS BLOB), 1, ?)" if max_text_chars is not None else "text"
         rows = self._db.execute(
             f"SELECT id, role, {text}, author_id, platform_message_id, request_id, status, created_at "
             "FROM turns WHERE conversation_id = ? ORDER BY id DESC LIMIT ?",
-            (*([max_text_chars] if max_text_chars is not None else []), conversation_id,
+            (*([4 * max_text_chars] if max_text_chars is not None else []), conversation_id,
              -1 if limit is None else limit)).fetchall()[::-1]
+        if max_text_chars is not None:
+            rows = [(r[0], r[1], r[2].decode("utf-8", errors="ignore")[:max_text_chars], *r[3:]) for r in rows]
         images: dict[int, list[str]] = {}
         oldest = rows[0][0] if rows else 0
         for turn_id, sha in self._db.execute(

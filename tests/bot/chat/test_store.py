@@ -76,6 +76,19 @@ async def test_turns_keep_order_images_status_and_survive_reopen(tmp_path: Path)
     await store.close()
 
 
+async def test_recent_turns_keep_nul_characters_and_cut_at_characters(store: Store) -> None:
+    """A model can write a NUL (sentencepiece's byte piece <0x00>); SQLite's text functions would stop there."""
+    conversation = await store.open_conversation(KEY)
+    answer = "猫が\x00います \x00 and more"
+    await store.add_turn(conversation.id, role="assistant", text=answer, status="complete")
+    await store.add_turn(conversation.id, role="user", text="猫" * 30, status="pending")
+    old, new = await store.recent_turns(conversation.id, limit=2, max_text_chars=100)
+    assert old.text == answer and new.text == "猫" * 30
+    _, cut = await store.recent_turns(conversation.id, limit=2, max_text_chars=7)
+    assert cut.text == "猫" * 7
+    assert [turn.text for turn in await store.list_turns(conversation.id)] == [answer, "猫" * 30]
+
+
 async def test_a_redelivered_user_message_is_refused(store: Store) -> None:
     conversation = await store.open_conversation(KEY)
     await store.add_turn(conversation.id, role="user", text="hi", status="pending", platform_message_id="m1")
