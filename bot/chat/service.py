@@ -275,13 +275,15 @@ class ChatService:
         if not self._slots.try_take():
             log.info("%d answers in progress, the most the worker takes: %s told busy", self._slots.limit,
                      ask.user_key)
-            if not self._exempt(ask):
-                self._limits.release(ask.user_key)
+            self._release_user_place(ask)
             return Notice(t("busy", ask.lang, seconds=round(BUSY_RETRY_AFTER_S)), kind="limited")
         return None
 
     def _release(self, ask: _Ask) -> None:
         self._slots.give_back()
+        self._release_user_place(ask)
+
+    def _release_user_place(self, ask: _Ask) -> None:
         if not self._exempt(ask):
             self._limits.release(ask.user_key)
 

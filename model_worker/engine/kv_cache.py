@@ -9,10 +9,12 @@ into its slot) or leaves (its slot simply freed) without touching the others.
 The tensors grow on demand, positions to the next chunk or twice what they held (whichever is more) and
 slots to a few fixed counts (see :func:`slot_bucket`), up to ``max_slots x max_positions``: a run never
 holds much more than it uses (at the real shapes one position of one slot is 405 KB in bfloat16, so a
-full batch of 8 rows of 128 positions is 0.4 GB), and a long conversation needs only a few growths. A growth copies the cache once, one tensor at a time so that memory peaks at the old size plus one
-layer's (rare: a few times in a worker's life, never once the cache has reached the sizes its traffic
-needs), and bumps :attr:`StaticKVCache.generation`, which tells captured CUDA graphs that the tensors moved. Fresh memory is zeroed: attention multiplies masked-out values by
-zero weights, which must not meet uninitialised NaNs.
+full batch of 8 rows of 128 positions is 0.4 GB), and a long conversation needs only a few growths. A
+growth copies the cache once, one tensor at a time so that memory peaks at the old size plus one layer's
+(rare: a few times in a worker's life, never once the cache has reached the sizes its traffic needs), and
+bumps :attr:`StaticKVCache.generation`, which tells captured CUDA graphs that the tensors moved. Fresh
+memory is zeroed: attention multiplies masked-out values by zero weights, which must not meet
+uninitialised NaNs.
 """
 
 from __future__ import annotations
